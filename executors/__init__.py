@@ -1,0 +1,1 @@
+"""Command consumers: processing modules, dispatch targets, notifications, retention."""

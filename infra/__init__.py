@@ -1,0 +1,1 @@
+"""The backbone every Talaria service shares: events, the Kafka log, blob stores, settings."""

@@ -1,0 +1,1 @@
+"""ClickHouse read models derived from the event log, and the queries over them."""

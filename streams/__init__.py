@@ -1,0 +1,1 @@
+"""Stream processing: series and study completion, the rule language, routing decisions."""
