@@ -1,0 +1,121 @@
+"""Create or check the topic catalogue on a Kafka cluster, idempotently."""
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
+
+from infra.errors import PermanentError, TransientError
+from infra.log import client_config
+from infra.settings import LogSettings
+from infra.topics import CATALOGUE, TopicSpec, topic_name
+
+_TIMEOUT_S = 30
+
+
+class TopicSetupFailed(TransientError):
+    """The cluster did not answer or refused to create or change a topic."""
+
+
+class TopicLayoutMismatch(PermanentError):
+    """An existing topic has fewer partitions than the catalogue and growing was not allowed."""
+
+
+class TopicState(StrEnum):
+    CREATED = "created"
+    OK = "ok"
+    RECONFIGURED = "reconfigured"
+    GROWN = "grown"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopicReport:
+    name: str
+    state: TopicState
+    partitions: int
+
+
+def ensure_topics(settings: LogSettings, *, grow_partitions: bool = False) -> list[TopicReport]:
+    """Make every catalogue topic exist with its partitions and retention.
+
+    Missing topics are created; retention drift is corrected. An existing topic with fewer
+    partitions is only grown when asked, because growing moves keys to other partitions (a
+    study in flight could be split); otherwise `TopicLayoutMismatch` names it.
+    """
+    admin = AdminClient(client_config(settings))
+    try:
+        existing = admin.list_topics(timeout=_TIMEOUT_S).topics
+    except KafkaException as error:
+        raise TopicSetupFailed(f"cannot read cluster metadata: {error}") from error
+    reports = []
+    for spec in CATALOGUE:
+        name = topic_name(spec.topic, prefix=settings.topic_prefix)
+        config = spec.config(retention_hours=settings.log_retention_hours)
+        if name not in existing:
+            _create(admin, name=name, spec=spec, config=config)
+            reports.append(
+                TopicReport(name=name, state=TopicState.CREATED, partitions=spec.partitions)
+            )
+            continue
+        partitions = len(existing[name].partitions)
+        state = TopicState.OK
+        if partitions < spec.partitions:
+            if not grow_partitions:
+                raise TopicLayoutMismatch(
+                    f"topic {name} has {partitions} partitions, the catalogue wants "
+                    f"{spec.partitions}; rerun with --grow-partitions when no study is in flight"
+                )
+            _wait(admin.create_partitions([NewPartitions(name, spec.partitions)]), name)
+            partitions, state = spec.partitions, TopicState.GROWN
+        if _reconfigure(admin, name=name, config=config) and state is TopicState.OK:
+            state = TopicState.RECONFIGURED
+        reports.append(TopicReport(name=name, state=state, partitions=partitions))
+    return reports
+
+
+def _create(admin: AdminClient, *, name: str, spec: TopicSpec, config: dict[str, str]) -> None:
+    new = NewTopic(name, num_partitions=spec.partitions, replication_factor=-1, config=config)
+    try:
+        _wait(admin.create_topics([new]), name)
+    except TopicSetupFailed as error:
+        # Another process may have created it a moment ago; that is success.
+        if "TOPIC_ALREADY_EXISTS" not in str(error):
+            raise
+
+
+def _reconfigure(admin: AdminClient, *, name: str, config: dict[str, str]) -> bool:
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    current = _wait(admin.describe_configs([resource]), name)
+    drift = {key: value for key, value in config.items() if current[key].value != value}
+    if not drift:
+        return False
+    entries = [
+        ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+        for key, value in drift.items()
+    ]
+    _wait(
+        admin.incremental_alter_configs(
+            [ConfigResource(ResourceType.TOPIC, name, incremental_configs=entries)]
+        ),
+        name,
+    )
+    return True
+
+
+def _wait(futures: dict[Any, "Future[Any]"], name: str) -> Any:
+    (future,) = futures.values()
+    try:
+        return future.result(timeout=_TIMEOUT_S)
+    except KafkaException as error:
+        raise TopicSetupFailed(f"topic {name}: {error.args[0].str()}") from error

@@ -1,0 +1,440 @@
+"""Every event and command type Talaria writes to the log, in one place.
+
+Facts are past tense and never change; commands (`ProcessSeries`, `DispatchSeries`, `Notify`)
+are imperative and travel on one topic per priority lane. Each class names its current
+`VERSION`; when a payload changes shape, bump it and register an upcaster from the old version
+with `CATALOGUE.upcaster(TYPE, old_version)`.
+"""
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from infra.events import Catalogue, Payload, Value
+from infra.topics import CommandKind, Lane, Topic, command_topic
+
+CATALOGUE = Catalogue()
+
+Tags = dict[str, str]
+JsonObject = dict[str, Any]
+
+
+class BlobReference(Value):
+    """Where an instance's bytes are, and how to check them."""
+
+    key: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+# --- families: where each kind of payload goes, and what keeps it in order -------------------
+
+
+class StudyFact(Payload):
+    """A fact about a study's instances or series; keyed by StudyInstanceUID."""
+
+    TOPIC: ClassVar[Topic] = Topic.SERIES
+    study_uid: str
+
+    def topic(self) -> Topic:
+        return self.TOPIC
+
+    def partition_key(self) -> str:
+        return self.study_uid
+
+
+class IntakeFact(Payload):
+    """A fact about an association or a rejected instance; keyed by the peer's AE."""
+
+    calling_aet: str
+    called_aet: str
+    peer_address: str
+    peer_port: int
+
+    def topic(self) -> Topic:
+        return Topic.INSTANCES
+
+    def partition_key(self) -> str:
+        return self.calling_aet or self.peer_address
+
+
+class JobFact(Payload):
+    """A fact about a processing, dispatch or notification job; keyed by job id."""
+
+    job_id: str
+
+    def topic(self) -> Topic:
+        return Topic.JOBS
+
+    def partition_key(self) -> str:
+        return self.job_id
+
+
+class ConfigChanged(Payload):
+    """A configuration change with who made it (envelope actor) and the before/after."""
+
+    name: str
+    before: JsonObject | None = None
+    after: JsonObject | None = None
+
+    def topic(self) -> Topic:
+        return Topic.CONFIG
+
+    def partition_key(self) -> str:
+        return f"{self.TYPE.removesuffix('Saved').removesuffix('Deleted').lower()}:{self.name}"
+
+
+class OperatorAction(Payload):
+    """Something an operator did; the actor is on the envelope."""
+
+    def topic(self) -> Topic:
+        return Topic.OPERATIONS
+
+    def partition_key(self) -> str:
+        return self.TYPE
+
+
+class Command(Payload):
+    """An instruction to an executor, on the topic of its kind and priority lane."""
+
+    KIND: ClassVar[CommandKind]
+    lane: Lane = Lane.NORMAL
+    study_uid: str
+
+    def topic(self) -> Topic:
+        return command_topic(self.KIND, self.lane)
+
+    def partition_key(self) -> str:
+        return self.study_uid
+
+
+# --- intake ------------------------------------------------------------------------------------
+
+
+@CATALOGUE.register
+class InstanceReceived(StudyFact):
+    """An instance is durable in the blob store; its routing tags are snapshotted here."""
+
+    TYPE = "InstanceReceived"
+    TOPIC = Topic.INSTANCES
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob: BlobReference
+    intake: Literal["dicom", "stow", "upload", "import", "retrieve"] = "dicom"
+    calling_aet: str = ""
+    called_aet: str = ""
+    peer_address: str = ""
+    peer_port: int = 0
+    tags: Tags = Field(default_factory=dict)
+
+
+@CATALOGUE.register
+class InstanceRejected(IntakeFact):
+    """An instance was refused; the sender got `status`."""
+
+    TYPE = "InstanceRejected"
+    status: int
+    reason: str
+    sop_uid: str | None = None
+
+
+@CATALOGUE.register
+class AssociationAccepted(IntakeFact):
+    TYPE = "AssociationAccepted"
+    association_id: str
+
+
+@CATALOGUE.register
+class AssociationReleased(IntakeFact):
+    TYPE = "AssociationReleased"
+    association_id: str
+    instances: int = 0
+
+
+@CATALOGUE.register
+class AssociationAborted(IntakeFact):
+    TYPE = "AssociationAborted"
+    association_id: str
+    instances: int = 0
+
+
+@CATALOGUE.register
+class AssociationRejected(IntakeFact):
+    TYPE = "AssociationRejected"
+    reason: str
+
+
+# --- completion and decisions ------------------------------------------------------------------
+
+
+@CATALOGUE.register
+class SeriesCompleted(StudyFact):
+    """No instance arrived for the series' completion timeout."""
+
+    TYPE = "SeriesCompleted"
+    series_uid: str
+    completion_id: str
+    instance_count: int = Field(ge=1)
+    blobs: list[BlobReference]
+    tags: Tags
+    late_arrival: bool = False
+
+
+@CATALOGUE.register
+class StudyCompleted(StudyFact):
+    TYPE = "StudyCompleted"
+    completion_id: str
+    series_uids: list[str]
+    reason: Literal["timeout", "received_series", "forced", "operator"]
+    rule: str | None = None
+
+
+@CATALOGUE.register
+class RulesEvaluated(StudyFact):
+    TYPE = "RulesEvaluated"
+    series_uid: str | None = None
+    completion_id: str
+    matched_rules: list[str]
+    fallback_used: bool = False
+    errors: dict[str, str] = Field(default_factory=dict)
+
+
+@CATALOGUE.register
+class SeriesDiscarded(StudyFact):
+    TYPE = "SeriesDiscarded"
+    series_uid: str
+    reason: str
+    rule: str | None = None
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+@CATALOGUE.register
+class ProcessingStarted(JobFact):
+    TYPE = "ProcessingStarted"
+    rule: str
+    modules: list[str]
+    attempt: int = Field(ge=1)
+
+
+@CATALOGUE.register
+class ProcessingStepCompleted(JobFact):
+    TYPE = "ProcessingStepCompleted"
+    step: int = Field(ge=0)
+    module: str
+    exit_code: int
+    duration_s: float
+    output_count: int
+    result: JsonObject | None = None
+    log_key: str | None = None
+
+
+@CATALOGUE.register
+class ProcessingFailed(JobFact):
+    TYPE = "ProcessingFailed"
+    reason: str
+    step: int | None = None
+    will_retry: bool = False
+
+
+@CATALOGUE.register
+class DispatchStarted(JobFact):
+    TYPE = "DispatchStarted"
+    target: str
+    attempt: int = Field(ge=1)
+    instance_count: int
+
+
+@CATALOGUE.register
+class DispatchSucceeded(JobFact):
+    TYPE = "DispatchSucceeded"
+    target: str
+    attempt: int = Field(ge=1)
+    confirmed: int
+    warnings: int = 0
+
+
+@CATALOGUE.register
+class DispatchFailed(JobFact):
+    TYPE = "DispatchFailed"
+    target: str
+    attempt: int = Field(ge=1)
+    reason: str
+    will_retry: bool
+    next_attempt_at: datetime | None = None
+    confirmed: int = 0
+
+
+@CATALOGUE.register
+class NotificationSent(JobFact):
+    TYPE = "NotificationSent"
+    channel: str
+    trigger: str
+
+
+@CATALOGUE.register
+class NotificationFailed(JobFact):
+    TYPE = "NotificationFailed"
+    channel: str
+    trigger: str
+    reason: str
+    will_retry: bool
+
+
+@CATALOGUE.register
+class BlobsPurged(StudyFact):
+    TYPE = "BlobsPurged"
+    series_uid: str
+    blob_count: int
+    bytes_freed: int
+
+
+# --- configuration (forever) ----------------------------------------------------------------------
+
+
+@CATALOGUE.register
+class RuleSaved(ConfigChanged):
+    TYPE = "RuleSaved"
+
+
+@CATALOGUE.register
+class RuleDeleted(ConfigChanged):
+    TYPE = "RuleDeleted"
+
+
+@CATALOGUE.register
+class TargetSaved(ConfigChanged):
+    TYPE = "TargetSaved"
+
+
+@CATALOGUE.register
+class TargetDeleted(ConfigChanged):
+    TYPE = "TargetDeleted"
+
+
+@CATALOGUE.register
+class ModuleSaved(ConfigChanged):
+    TYPE = "ModuleSaved"
+
+
+@CATALOGUE.register
+class ModuleDeleted(ConfigChanged):
+    TYPE = "ModuleDeleted"
+
+
+@CATALOGUE.register
+class SettingsSaved(ConfigChanged):
+    TYPE = "SettingsSaved"
+
+
+@CATALOGUE.register
+class UserSaved(ConfigChanged):
+    TYPE = "UserSaved"
+
+
+@CATALOGUE.register
+class UserDeleted(ConfigChanged):
+    TYPE = "UserDeleted"
+
+
+# --- operator actions (forever) -----------------------------------------------------------------
+
+
+@CATALOGUE.register
+class QueueSuspended(OperatorAction):
+    TYPE = "QueueSuspended"
+    queue: str
+
+
+@CATALOGUE.register
+class QueueResumed(OperatorAction):
+    TYPE = "QueueResumed"
+    queue: str
+
+
+@CATALOGUE.register
+class StudyCompletionForced(OperatorAction):
+    TYPE = "StudyCompletionForced"
+    study_uid: str
+
+
+@CATALOGUE.register
+class JobRetryRequested(OperatorAction):
+    TYPE = "JobRetryRequested"
+    job_id: str
+
+
+@CATALOGUE.register
+class JobCancelled(OperatorAction):
+    TYPE = "JobCancelled"
+    job_id: str
+
+
+@CATALOGUE.register
+class ReprocessRequested(OperatorAction):
+    TYPE = "ReprocessRequested"
+    study_uid: str
+    series_uid: str | None = None
+    rule: str | None = None
+
+
+@CATALOGUE.register
+class UserLoggedIn(OperatorAction):
+    TYPE = "UserLoggedIn"
+    username: str
+    address: str
+
+
+@CATALOGUE.register
+class LoginFailed(OperatorAction):
+    TYPE = "LoginFailed"
+    username: str
+    address: str
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+class ModuleStep(Value):
+    """One module of a processing chain, with its merged settings."""
+
+    module: str
+    settings: JsonObject = Field(default_factory=dict)
+
+
+@CATALOGUE.register
+class ProcessSeries(Command):
+    TYPE = "ProcessSeries"
+    KIND = CommandKind.PROCESS
+    job_id: str
+    rule: str
+    series_uids: list[str]
+    steps: list[ModuleStep]
+    inputs: list[BlobReference]
+    dispatch_targets: list[str] = Field(default_factory=list)
+
+
+@CATALOGUE.register
+class DispatchSeries(Command):
+    TYPE = "DispatchSeries"
+    KIND = CommandKind.DISPATCH
+    job_id: str
+    rule: str
+    target: str
+    series_uids: list[str]
+    inputs: list[BlobReference]
+    tags: Tags = Field(default_factory=dict)
+
+
+@CATALOGUE.register
+class Notify(Command):
+    TYPE = "Notify"
+    KIND = CommandKind.NOTIFY
+    job_id: str
+    rule: str
+    trigger: str
+    details: JsonObject = Field(default_factory=dict)

@@ -1,0 +1,325 @@
+"""Publishing to and consuming from the event log (confluent-kafka).
+
+`EventProducer.publish` returns only once the broker acknowledged the record (idempotent
+producer, acks=all). `ConsumerLoop` hands each decoded event to a handler and stores the offset
+only after the handler's effect is done (and after `flush`, for handlers that buffer), so a
+consumer killed at any moment resumes without losing an event: at-least-once, made safe by
+idempotent handlers. A record that cannot be decoded, or whose handler fails permanently, is
+copied to the dead-letter topic with the reason, and the loop goes on.
+
+Errors:
+- `PublishFailed` (transient): the broker did not acknowledge (down, timed out); retry later.
+  - `PublishTimeout`: no acknowledgement within the publish timeout.
+- `PublishRejected` (permanent): the broker refused the record (too large, unknown topic, ...).
+A handler signals "try again" by raising a `TransientError`; any other exception is permanent
+for that record.
+"""
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from infra.catalogue import CATALOGUE
+from infra.errors import PermanentError, TransientError
+from infra.events import Catalogue, Envelope, Headers, UndecodableEvent, decode, encode
+from infra.settings import LogSettings
+from infra.topics import Topic, topic_name
+
+log = structlog.get_logger(__name__)
+
+_PERMANENT_DELIVERY_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError._INVALID_ARG,
+    }
+)
+
+
+class PublishFailed(TransientError):
+    """The broker did not acknowledge a record; it may after a retry."""
+
+
+class PublishTimeout(PublishFailed):
+    """No acknowledgement within the publish timeout."""
+
+
+class PublishRejected(PermanentError):
+    """The broker refused a record for good."""
+
+
+def client_config(settings: LogSettings) -> dict[str, Any]:
+    """Settings every Kafka client of this installation shares."""
+    return {"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4}
+
+
+def _delivery_error(error: KafkaError) -> Exception:
+    if error.code() == KafkaError._MSG_TIMED_OUT:
+        return PublishTimeout(f"broker did not acknowledge: {error.str()}")
+    if error.code() in _PERMANENT_DELIVERY_ERRORS or error.fatal():
+        return PublishRejected(f"broker refused the record: {error.str()}")
+    return PublishFailed(f"publish failed: {error.str()}")
+
+
+class EventProducer:
+    """An idempotent producer whose publish calls wait for the broker's acknowledgement.
+
+    Thread-safe: many threads (one per DICOM association, say) may publish at once; a
+    background thread serves delivery reports.
+    """
+
+    def __init__(self, settings: LogSettings, *, client_id: str) -> None:
+        self._prefix = settings.topic_prefix
+        self._timeout_s = settings.publish_timeout_s
+        self._producer = Producer(
+            {
+                **client_config(settings),
+                "client.id": client_id,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 2,
+                "compression.type": "lz4",
+                "delivery.timeout.ms": int(self._timeout_s * 1000),
+                "message.max.bytes": 8 * 1024 * 1024,
+            }
+        )
+        self._closed = threading.Event()
+        self._poller = threading.Thread(
+            target=self._serve_reports, name="kafka-reports", daemon=True
+        )
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    def publish(self, envelope: Envelope) -> None:
+        """Write `envelope` to its topic; return once the broker acknowledged it."""
+        self.publish_all([envelope])
+
+    def publish_all(self, envelopes: Iterable[Envelope]) -> None:
+        """Write all `envelopes`; return once every one was acknowledged, else raise."""
+        futures = [self.publish_async(envelope) for envelope in envelopes]
+        deadline = time.monotonic() + self._timeout_s + 5
+        for future in futures:
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise PublishTimeout("no delivery report within the publish timeout") from None
+
+    def publish_async(self, envelope: Envelope) -> "Future[None]":
+        """Start writing `envelope`; the future completes when the broker acknowledged it."""
+        key, value, headers = encode(envelope)
+        topic = topic_name(envelope.payload.topic(), prefix=self._prefix)
+        return self.produce_raw(topic=topic, key=key, value=value, headers=headers)
+
+    def produce_raw(
+        self, *, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> "Future[None]":
+        """Write one record as given (used for dead letters); future as `publish_async`."""
+        if self._closed.is_set():
+            raise PublishRejected("producer is closed")
+        future: Future[None] = Future()
+
+        def report(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(_delivery_error(error))
+
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=report
+                )
+                return future
+            except BufferError:
+                if time.monotonic() > deadline:
+                    raise PublishTimeout("local send queue stayed full") from None
+                time.sleep(0.01)
+            except KafkaException as error:
+                raise _delivery_error(error.args[0]) from error
+
+    def close(self, *, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued (up to `timeout_s`), then stop."""
+        self._producer.flush(timeout_s)
+        self._closed.set()
+        self._poller.join()
+
+    def __enter__(self) -> "EventProducer":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeadLetter:
+    """Why a record went to the dead-letter topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    group: str
+    reason: str
+
+    def headers(self) -> Headers:
+        return [
+            ("dlq.topic", self.topic.encode()),
+            ("dlq.partition", str(self.partition).encode()),
+            ("dlq.offset", str(self.offset).encode()),
+            ("dlq.group", self.group.encode()),
+            ("dlq.reason", self.reason.encode("utf-8", errors="replace")[:4000]),
+        ]
+
+
+Handle = Callable[[Envelope], None]
+Flush = Callable[[], None]
+
+
+class ConsumerLoop:
+    """Consume topics as one group member; at-least-once, never stopped by one bad record."""
+
+    def __init__(
+        self,
+        settings: LogSettings,
+        *,
+        group_id: str,
+        topics: Sequence[Topic],
+        handle: Handle,
+        flush: Flush | None = None,
+        producer: EventProducer,
+        catalogue: Catalogue = CATALOGUE,
+        max_batch: int = 500,
+        retry_delay_s: float = 0.5,
+        max_retry_delay_s: float = 30.0,
+    ) -> None:
+        self._settings = settings
+        self._group_id = group_id
+        self._topics = [topic_name(topic, prefix=settings.topic_prefix) for topic in topics]
+        self._handle = handle
+        self._flush = flush
+        self._producer = producer
+        self._catalogue = catalogue
+        self._max_batch = max_batch
+        self._retry_delay_s = retry_delay_s
+        self._max_retry_delay_s = max_retry_delay_s
+        self._deadletter_topic = topic_name(Topic.DEADLETTER, prefix=settings.topic_prefix)
+        self.stop_requested = threading.Event()
+        self._consumer = Consumer(
+            {
+                **client_config(settings),
+                "group.id": group_id,
+                "auto.offset.reset": "earliest",
+                # Offsets are stored by hand after each effect; the client commits stored ones.
+                "enable.auto.commit": True,
+                "enable.auto.offset.store": False,
+                "auto.commit.interval.ms": 1000,
+                "session.timeout.ms": settings.consumer_session_timeout_ms,
+                "heartbeat.interval.ms": settings.consumer_heartbeat_ms,
+                "max.poll.interval.ms": settings.consumer_max_poll_interval_ms,
+            }
+        )
+
+    def run(self) -> None:
+        """Consume until `stop_requested` is set; then commit what is done and leave the group."""
+        self._consumer.subscribe(self._topics, on_revoke=self._commit_before_revoke)
+        try:
+            while not self.stop_requested.is_set():
+                messages = self._consumer.consume(num_messages=self._max_batch, timeout=0.2)
+                records = [message for message in messages if self._is_record(message)]
+                if records:
+                    self._process(records)
+        finally:
+            self._commit_stored()
+            self._consumer.close()
+
+    def _is_record(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error", group=self._group_id, error=error.str())
+        return False
+
+    def _process(self, records: list[Message]) -> None:
+        for record in records:
+            self._handle_one(record)
+        if self._flush is not None:
+            self._retry_until_done(self._flush, what="flush")
+        for record in records:
+            self._consumer.store_offsets(message=record)
+
+    def _handle_one(self, record: Message) -> None:
+        try:
+            envelope = decode(record.value(), _headers(record), self._catalogue)
+        except UndecodableEvent as error:
+            self._send_to_deadletter(record, reason=f"undecodable: {error}")
+            return
+        try:
+            self._retry_until_done(lambda: self._handle(envelope), what=envelope.type)
+        except Exception as error:  # any non-transient failure is permanent
+            log.exception("handler failed permanently", event_id=envelope.event_id)
+            self._send_to_deadletter(record, reason=f"{type(error).__name__}: {error}")
+
+    def _retry_until_done(self, action: Callable[[], None], *, what: str) -> None:
+        delay = self._retry_delay_s
+        while True:
+            try:
+                action()
+                return
+            except TransientError as error:
+                log.warning("transient failure, retrying", step=what, error=str(error))
+                if self.stop_requested.wait(delay):
+                    raise
+                delay = min(delay * 2, self._max_retry_delay_s)
+
+    def _send_to_deadletter(self, record: Message, *, reason: str) -> None:
+        letter = DeadLetter(
+            topic=record.topic() or "",
+            partition=_known(record.partition()),
+            offset=_known(record.offset()),
+            group=self._group_id,
+            reason=reason,
+        )
+        log.error("record sent to the dead-letter topic", **letter.__dict__)
+        self._retry_until_done(
+            lambda: self._producer.produce_raw(
+                topic=self._deadletter_topic,
+                key=record.key(),
+                value=record.value(),
+                headers=[*_headers(record), *letter.headers()],
+            ).result(),
+            what="dead letter",
+        )
+
+    def _commit_before_revoke(self, consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        self._commit_stored(consumer)
+
+    def _commit_stored(self, consumer: Consumer | None = None) -> None:
+        try:
+            (consumer or self._consumer).commit(asynchronous=False)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset commit failed", group=self._group_id, error=str(error))
+
+
+def _known(position: int | None) -> int:
+    return -1 if position is None else position
+
+
+def _headers(record: Message) -> Headers:
+    headers = record.headers()
+    if headers is None:
+        return []
+    if isinstance(headers, dict):
+        return list(headers.items())
+    return list(headers)
