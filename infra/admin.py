@@ -1,11 +1,12 @@
 """Create or check the topic catalogue on a Kafka cluster, idempotently."""
 
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -58,40 +59,92 @@ def ensure_topics(settings: LogSettings, *, grow_partitions: bool = False) -> li
         existing = admin.list_topics(timeout=_TIMEOUT_S).topics
     except KafkaException as error:
         raise TopicSetupFailed(f"cannot read cluster metadata: {error}") from error
-    reports = []
-    for spec in CATALOGUE:
-        name = topic_name(spec.topic, prefix=settings.topic_prefix)
-        config = spec.config(retention_hours=settings.log_retention_hours)
-        if name not in existing:
-            _create(admin, name=name, spec=spec, config=config)
-            reports.append(
-                TopicReport(name=name, state=TopicState.CREATED, partitions=spec.partitions)
+    wanted = {topic_name(spec.topic, prefix=settings.topic_prefix): spec for spec in CATALOGUE}
+    created = _create_missing(
+        admin,
+        specs={name: spec for name, spec in wanted.items() if name not in existing},
+        retention_hours=settings.log_retention_hours,
+    )
+    return [
+        TopicReport(name=name, state=TopicState.CREATED, partitions=spec.partitions)
+        if name in created
+        else _check(
+            admin,
+            name=name,
+            spec=spec,
+            config=spec.config(retention_hours=settings.log_retention_hours),
+            grow_partitions=grow_partitions,
+        )
+        for name, spec in wanted.items()
+    ]
+
+
+def _create_missing(
+    admin: AdminClient, *, specs: dict[str, TopicSpec], retention_hours: int
+) -> set[str]:
+    """Create topics in one request; the names created (metadata can lag a creation, so a
+    topic that turns out to exist already is left to the check)."""
+    if not specs:
+        return set()
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name,
+                num_partitions=spec.partitions,
+                replication_factor=-1,
+                config=spec.config(retention_hours=retention_hours),
             )
-            continue
-        partitions = len(existing[name].partitions)
-        state = TopicState.OK
-        if partitions < spec.partitions:
-            if not grow_partitions:
-                raise TopicLayoutMismatch(
-                    f"topic {name} has {partitions} partitions, the catalogue wants "
-                    f"{spec.partitions}; rerun with --grow-partitions when no study is in flight"
-                )
-            _wait(admin.create_partitions([NewPartitions(name, spec.partitions)]), name)
-            partitions, state = spec.partitions, TopicState.GROWN
-        if _reconfigure(admin, name=name, config=config) and state is TopicState.OK:
-            state = TopicState.RECONFIGURED
-        reports.append(TopicReport(name=name, state=state, partitions=partitions))
-    return reports
+            for name, spec in specs.items()
+        ]
+    )
+    created = set()
+    for name, future in futures.items():
+        try:
+            future.result(timeout=_TIMEOUT_S)
+            created.add(name)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise TopicSetupFailed(f"topic {name}: {error.args[0].str()}") from error
+    return created
 
 
-def _create(admin: AdminClient, *, name: str, spec: TopicSpec, config: dict[str, str]) -> None:
-    new = NewTopic(name, num_partitions=spec.partitions, replication_factor=-1, config=config)
-    try:
-        _wait(admin.create_topics([new]), name)
-    except TopicSetupFailed as error:
-        # Another process may have created it a moment ago; that is success.
-        if "TOPIC_ALREADY_EXISTS" not in str(error):
-            raise
+def _check(
+    admin: AdminClient,
+    *,
+    name: str,
+    spec: TopicSpec,
+    config: dict[str, str],
+    grow_partitions: bool,
+) -> TopicReport:
+    """Compare an existing topic with its spec and correct what may be corrected."""
+    partitions = _partition_count(admin, name)
+    state = TopicState.OK
+    if partitions < spec.partitions:
+        if not grow_partitions:
+            raise TopicLayoutMismatch(
+                f"topic {name} has {partitions} partitions, the catalogue wants "
+                f"{spec.partitions}; rerun with --grow-partitions when no study is in flight"
+            )
+        _wait(admin.create_partitions([NewPartitions(name, spec.partitions)]), name)
+        partitions, state = spec.partitions, TopicState.GROWN
+    if _reconfigure(admin, name=name, config=config) and state is TopicState.OK:
+        state = TopicState.RECONFIGURED
+    return TopicReport(name=name, state=state, partitions=partitions)
+
+
+def _partition_count(admin: AdminClient, name: str) -> int:
+    """Partitions of an existing topic, waiting out metadata that lags a recent creation."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    while True:
+        try:
+            topic = admin.list_topics(name, timeout=_TIMEOUT_S).topics[name]
+        except KafkaException as error:
+            raise TopicSetupFailed(f"cannot read metadata of {name}: {error}") from error
+        if topic.error is None and topic.partitions:
+            return len(topic.partitions)
+        if time.monotonic() > deadline:
+            raise TopicSetupFailed(f"topic {name} has no usable metadata: {topic.error}")
+        time.sleep(0.1)
 
 
 def _reconfigure(admin: AdminClient, *, name: str, config: dict[str, str]) -> bool:

@@ -155,7 +155,7 @@ class Catalogue:
 
 def encode(envelope: Envelope) -> tuple[bytes, bytes, Headers]:
     """Key, value and headers of `envelope` as they go to Kafka."""
-    body = {
+    envelope_fields = {
         "event_id": envelope.event_id,
         "type": envelope.type,
         "version": envelope.version,
@@ -165,15 +165,17 @@ def encode(envelope: Envelope) -> tuple[bytes, bytes, Headers]:
         "causation_id": envelope.causation_id,
         "correlation_id": envelope.correlation_id,
         "actor": envelope.actor,
-        "payload": envelope.payload.model_dump(mode="json"),
     }
+    # The payload is serialised by pydantic's compiled serializer and spliced in: several
+    # times faster than building one dict for json.dumps.
+    head = json.dumps(envelope_fields, separators=(",", ":"), ensure_ascii=False)
+    value = f'{head[:-1]},"payload":{envelope.payload.model_dump_json()}}}'.encode()
     headers: Headers = [
         ("type", envelope.type.encode()),
         ("version", str(envelope.version).encode()),
         ("event_id", envelope.event_id.encode()),
         ("content-type", CONTENT_TYPE.encode()),
     ]
-    value = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     return envelope.payload.partition_key().encode(), value, headers
 
 

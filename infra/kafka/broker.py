@@ -135,6 +135,8 @@ class LocalBroker:
         self.layout = layout
         self._libs = libs
         self._heap_mb = heap_mb
+        # The broker we started, kept so that stopping it also reaps it.
+        self._process: subprocess.Popen[bytes] | None = None
 
     def _java(self, main_class: str, *args: str) -> list[str]:
         java = shutil.which("java")
@@ -205,6 +207,7 @@ class LocalBroker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self._process = process
         self.layout.pid_file.write_text(str(process.pid))
         try:
             self.wait_ready(timeout_s=timeout_s, process=process)
@@ -237,9 +240,9 @@ class LocalBroker:
             self.layout.pid_file.unlink(missing_ok=True)
             return False
         os.kill(pid, signal.SIGTERM)
-        if not _wait_exit(pid, timeout_s=timeout_s):
+        if not self._wait_exit(pid, timeout_s=timeout_s):
             os.kill(pid, signal.SIGKILL)
-            _wait_exit(pid, timeout_s=10)
+            self._wait_exit(pid, timeout_s=10)
         self.layout.pid_file.unlink(missing_ok=True)
         return True
 
@@ -248,7 +251,17 @@ class LocalBroker:
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
-            _wait_exit(pid, timeout_s=10)
+            self._wait_exit(pid, timeout_s=10)
+
+    def _wait_exit(self, pid: int, *, timeout_s: float) -> bool:
+        if self._process is not None and self._process.pid == pid:
+            try:
+                self._process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                return False
+            self._process = None
+            return True
+        return _wait_foreign_exit(pid, timeout_s=timeout_s)
 
     def _log_tail(self) -> str:
         for path in (self.layout.log_file, self.layout.console_file):
@@ -262,15 +275,10 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _wait_exit(pid: int, *, timeout_s: float) -> bool:
+def _wait_foreign_exit(pid: int, *, timeout_s: float) -> bool:
+    """Wait for a broker started by another process (e.g. an earlier `talaria kafka start`)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            reaped, _status = os.waitpid(pid, os.WNOHANG)
-            if reaped == pid:
-                return True
-        except ChildProcessError:
-            pass
         if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
             return True
         time.sleep(0.05)

@@ -1,0 +1,28 @@
+# The two commands a newcomer needs:  `make up`  (run the local stack)  and  `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: up test lint system install
+
+up: system install
+	$(BIN)/talaria up
+
+test: system install lint
+	$(BIN)/pytest -p no:cacheprovider -q -rs
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+system:
+	bash infra/install-system.sh
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@

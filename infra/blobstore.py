@@ -1,0 +1,627 @@
+"""Blob stores: where DICOM bytes and job files live, so that only references travel on Kafka.
+
+Every key is built from validated parts (:func:`instance_key`, :func:`blob_key`,
+:func:`parse_key`), never from raw tag text, so no key can leave the store's root.
+Two stores sit behind the :class:`BlobStore` protocol: :class:`FolderBlobStore` (default, one
+machine; atomic write-then-rename) and :class:`S3BlobStore` (multi-machine; boto3).
+
+Exceptions (retry policy keys off the class, see :mod:`infra.errors`)::
+
+    BlobStoreError             base of everything raised here
+    ├── InvalidKey             Permanent, ValueError: a key or segment breaks the naming rules;
+    │   │                      raised before any I/O
+    │   └── InvalidUID         a DICOM UID breaks PS3.5 §9.1
+    ├── BlobStoreConfigError   Permanent, ValueError: the settings cannot open a store
+    ├── BlobNotFound           Permanent: ``get`` of a key the store does not hold
+    ├── InsufficientSpace      Transient: free space is at the watermark or the disk is full;
+    │                          the sender retries later
+    └── BlobStoreUnavailable   Transient: I/O error, S3 unreachable, throttled, 5xx, or refusing
+                               (credentials, missing bucket); retrying once the service or an
+                               operator has recovered succeeds, dropping the input would lose data
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from infra.errors import PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "BlobKey",
+    "BlobNotFound",
+    "BlobRef",
+    "BlobStore",
+    "BlobStoreConfigError",
+    "BlobStoreError",
+    "BlobStoreSettings",
+    "BlobStoreUnavailable",
+    "FolderBlobStore",
+    "InsufficientSpace",
+    "InvalidKey",
+    "InvalidUID",
+    "S3BlobStore",
+    "blob_key",
+    "instance_key",
+    "make_s3_client",
+    "open_blob_store",
+    "parse_key",
+    "validate_uid",
+]
+
+
+# --- exceptions ---------------------------------------------------------------------------------
+
+
+class BlobStoreError(Exception):
+    """Base of every error a blob store raises."""
+
+
+class InvalidKey(BlobStoreError, PermanentError, ValueError):
+    """A key or key segment breaks the naming rules; raised before any I/O."""
+
+
+class InvalidUID(InvalidKey):
+    """A DICOM UID breaks PS3.5 §9.1 (digits and dots, no leading zeros, at most 64 chars)."""
+
+
+class BlobStoreConfigError(BlobStoreError, PermanentError, ValueError):
+    """The settings do not describe a store that can be opened."""
+
+
+class BlobNotFound(BlobStoreError, PermanentError):
+    """The store holds no blob under this key."""
+
+
+class InsufficientSpace(BlobStoreError, TransientError):
+    """The store cannot take that many more bytes now; retry later."""
+
+
+class BlobStoreUnavailable(BlobStoreError, TransientError):
+    """The store could not be reached or failed the operation; retry later."""
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+_UID_MAX_LENGTH: Final = 64
+_UID_RE: Final = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*", re.ASCII)
+_SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
+_TEMP_PREFIX: Final = ".tmp-"
+
+
+def validate_uid(value: str) -> str:
+    """Return ``value`` if it is a valid DICOM UID (PS3.5 §9.1), else raise :class:`InvalidUID`.
+
+    Components are digits without leading zeros (a lone ``0`` is allowed), separated by single
+    dots; at most 64 characters. Trailing NUL padding must be stripped by the caller (pydicom
+    does this when decoding).
+    """
+    if not isinstance(value, str):
+        raise InvalidUID(f"DICOM UID must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidUID("DICOM UID is empty")
+    if len(value) > _UID_MAX_LENGTH:
+        raise InvalidUID(f"DICOM UID is {len(value)} characters long, at most 64 allowed")
+    if _UID_RE.fullmatch(value) is None:
+        raise InvalidUID(
+            f"invalid DICOM UID {value!r}: only digits and dots, no empty component, "
+            "no leading zero in a component (PS3.5 §9.1)"
+        )
+    return str(value)
+
+
+def _validate_segment(segment: str) -> str:
+    if not isinstance(segment, str) or _SEGMENT_RE.fullmatch(segment) is None:
+        raise InvalidKey(
+            f"invalid key segment {segment!r}: must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}"
+        )
+    return segment
+
+
+@dataclass(frozen=True, slots=True)
+class BlobKey:
+    """A store-relative key such as ``studies/1.2/1.2.3/1.2.3.4.dcm``; every segment is checked.
+
+    Build it with :func:`instance_key`, :func:`blob_key` or :func:`parse_key`.
+    """
+
+    path: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path:
+            raise InvalidKey("blob key is empty")
+        for segment in self.path.split("/"):
+            _validate_segment(segment)
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def blob_key(*segments: str) -> BlobKey:
+    """Join validated segments into a key, e.g. ``blob_key("jobs", job_id, "out", "x.dcm")``."""
+    if not segments:
+        raise InvalidKey("blob key needs at least one segment")
+    return BlobKey("/".join(_validate_segment(s) for s in segments))
+
+
+def parse_key(text: str) -> BlobKey:
+    """Validate a key read back from an event or a listing."""
+    return BlobKey(text)
+
+
+def instance_key(*, study_uid: str, series_uid: str, sop_uid: str) -> BlobKey:
+    """Key of one DICOM instance: ``studies/<study>/<series>/<sop>.dcm`` from validated UIDs."""
+    study, series, sop = (validate_uid(uid) for uid in (study_uid, series_uid, sop_uid))
+    return BlobKey(f"studies/{study}/{series}/{sop}.dcm")
+
+
+def _prefix_segments(prefix: str | BlobKey) -> tuple[str, ...]:
+    """Split a listing prefix of whole segments ("" lists everything; one trailing / allowed)."""
+    text = prefix.path if isinstance(prefix, BlobKey) else prefix
+    if not text:
+        return ()
+    if text.endswith("/"):
+        text = text[:-1]
+    return tuple(_validate_segment(s) for s in text.split("/"))
+
+
+# --- the protocol -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """What a ``put`` stored: the key, the size in bytes and the SHA-256 (hex) of the bytes."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+class BlobStore(Protocol):
+    """Where blobs live. Keys are validated; listings are sorted and cut at whole segments."""
+
+    def put(self, key: BlobKey, data: bytes) -> BlobRef:
+        """Store ``data`` under ``key`` durably and atomically (replacing any previous blob)."""
+        ...
+
+    def get(self, key: BlobKey) -> bytes:
+        """Return the blob's bytes; :class:`BlobNotFound` if there is none."""
+        ...
+
+    def exists(self, key: BlobKey) -> bool:
+        """Whether a blob is stored under ``key``."""
+        ...
+
+    def delete(self, key: BlobKey) -> bool:
+        """Remove the blob; True if it existed."""
+        ...
+
+    def list(self, prefix: str | BlobKey) -> Iterator[str]:
+        """Keys under ``prefix`` (whole segments: ``a/1.2`` never lists ``a/1.23/x``), sorted."""
+        ...
+
+    def check_free_space(self, needed_bytes: int) -> None:
+        """Raise :class:`InsufficientSpace` if the store cannot take ``needed_bytes`` more now."""
+        ...
+
+    def describe(self) -> str:
+        """A short description for logs, e.g. ``folder:/var/talaria/blobs``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections held by the store."""
+        ...
+
+
+def _blob_ref(key: BlobKey, data: bytes) -> BlobRef:
+    return BlobRef(key=key.path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+# --- folder store -------------------------------------------------------------------------------
+
+_NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+_COLLISION_ERRNOS: Final = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _translate_os_error(exc: OSError, *, key: BlobKey, action: str) -> BlobStoreError:
+    if exc.errno in _NO_SPACE_ERRNOS:
+        return InsufficientSpace(f"no space left to {action} {key.path}: {exc}")
+    if exc.errno in _COLLISION_ERRNOS:
+        return InvalidKey(f"cannot {action} {key.path}: it collides with a file or folder: {exc}")
+    return BlobStoreUnavailable(f"cannot {action} {key.path}: {exc}")
+
+
+class FolderBlobStore:
+    """Blobs as files under ``root``: write a temp file, fsync, rename, fsync the folder.
+
+    Readers never see a partial blob and concurrent writers of one key leave exactly one of
+    their payloads. Writes are refused while free disk space would drop below ``min_free_bytes``.
+    """
+
+    def __init__(self, root: Path, *, min_free_bytes: int) -> None:
+        if min_free_bytes < 0:
+            raise BlobStoreConfigError("min_free_bytes must not be negative")
+        root.mkdir(parents=True, exist_ok=True)
+        self._root = root.resolve()
+        self._min_free_bytes = min_free_bytes
+
+    @property
+    def root(self) -> Path:
+        """The folder holding the blobs."""
+        return self._root
+
+    def describe(self) -> str:
+        """E.g. ``folder:/var/talaria/blobs``."""
+        return f"folder:{self._root}"
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def free_bytes(self) -> int:
+        """Free bytes on the file system holding the store."""
+        try:
+            return shutil.disk_usage(self._root).free
+        except OSError as exc:
+            raise BlobStoreUnavailable(f"cannot stat {self._root}: {exc}") from exc
+
+    def check_free_space(self, needed_bytes: int) -> None:
+        """Raise :class:`InsufficientSpace` if writing would cross the free-space watermark."""
+        free = self.free_bytes()
+        if free - needed_bytes < self._min_free_bytes:
+            raise InsufficientSpace(
+                f"{self.describe()}: {free} bytes free, {needed_bytes} needed, "
+                f"keeping at least {self._min_free_bytes} free"
+            )
+
+    def put(self, key: BlobKey, data: bytes) -> BlobRef:
+        """Write atomically and durably; nothing half-written remains if this raises."""
+        path = self._path(key)
+        self.check_free_space(len(data))
+        try:
+            self._make_parents(path.parent)
+            self._write_atomically(path, data)
+        except OSError as exc:
+            raise _translate_os_error(exc, key=key, action="store") from exc
+        return _blob_ref(key, data)
+
+    def get(self, key: BlobKey) -> bytes:
+        """Read the whole blob."""
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise BlobNotFound(f"{self.describe()}: no blob {key.path}") from exc
+        except OSError as exc:
+            raise BlobStoreUnavailable(f"cannot read {key.path}: {exc}") from exc
+
+    def exists(self, key: BlobKey) -> bool:
+        """Whether a file is stored under ``key``."""
+        return self._path(key).is_file()
+
+    def delete(self, key: BlobKey) -> bool:
+        """Remove the file; True if it existed. Empty folders are left for the cleaner."""
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise BlobStoreUnavailable(f"cannot delete {key.path}: {exc}") from exc
+        return True
+
+    def list(self, prefix: str | BlobKey) -> Iterator[str]:
+        """Keys under ``prefix`` in lexicographic order, walking folders lazily."""
+        segments = _prefix_segments(prefix)
+        directory = self._checked(self._root.joinpath(*segments))
+        if not directory.is_dir():
+            return iter(())
+        return self._walk(directory, "/".join(segments))
+
+    def _walk(self, directory: Path, key_prefix: str) -> Iterator[str]:
+        # Sorting folders as "name/" yields keys in the same order as sorting the full keys.
+        entries = []
+        try:
+            with os.scandir(directory) as scan:
+                for entry in scan:
+                    if _SEGMENT_RE.fullmatch(entry.name) is None or entry.is_symlink():
+                        continue  # temp files (".tmp-…") and anything that is not a key
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    if is_dir or entry.is_file(follow_symlinks=False):
+                        sort_as = entry.name + "/" if is_dir else entry.name
+                        entries.append((sort_as, entry.name, is_dir))
+        except FileNotFoundError:
+            return  # removed while we were listing
+        except OSError as exc:
+            raise BlobStoreUnavailable(f"cannot list {directory}: {exc}") from exc
+        for _, name, is_dir in sorted(entries):
+            key = f"{key_prefix}/{name}" if key_prefix else name
+            if is_dir:
+                yield from self._walk(directory / name, key)
+            else:
+                yield key
+
+    def _path(self, key: BlobKey) -> Path:
+        if not isinstance(key, BlobKey):
+            raise InvalidKey(f"expected a BlobKey, got {type(key).__name__}")
+        return self._checked(self._root / key.path)
+
+    def _checked(self, path: Path) -> Path:
+        """Refuse a path that resolves outside the root (e.g. through a planted symlink)."""
+        if not path.resolve().is_relative_to(self._root):
+            raise InvalidKey(f"{path} resolves outside {self._root}")
+        return path
+
+    def _make_parents(self, directory: Path) -> None:
+        """Create missing folders and fsync each new folder's parent so the entry is durable."""
+        missing = []
+        current = directory
+        while current != self._root and not current.is_dir():
+            missing.append(current)
+            current = current.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if folder.is_dir():
+                    continue  # another writer made it
+                raise
+            _fsync_dir(folder.parent)
+
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        token = secrets.token_hex(8)
+        temp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{token}")
+        try:
+            with temp.open("xb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+# --- S3 store -----------------------------------------------------------------------------------
+
+_NOT_FOUND_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def make_s3_client(
+    *,
+    endpoint_url: str | None,
+    region: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+) -> S3Client:
+    """A boto3 S3 client with bounded timeouts and retries; path-style for custom endpoints.
+
+    Credentials left as None come from boto3's usual chain (environment, profile, instance role).
+    """
+    config = Config(
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+    )
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        config=config,
+    )
+
+
+def _client_error_code(exc: ClientError) -> tuple[str, int]:
+    error: Any = exc.response.get("Error", {})
+    metadata: Any = exc.response.get("ResponseMetadata", {})
+    return str(error.get("Code", "")), int(metadata.get("HTTPStatusCode", 0) or 0)
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    code, status = _client_error_code(exc)
+    return code in _NOT_FOUND_CODES or status == 404
+
+
+def _unavailable(exc: ClientError | BotoCoreError, *, where: str) -> BlobStoreUnavailable:
+    if isinstance(exc, ClientError):
+        code, status = _client_error_code(exc)
+        return BlobStoreUnavailable(f"{where}: S3 answered {status} {code}")
+    return BlobStoreUnavailable(f"{where}: {exc}")
+
+
+class S3BlobStore:
+    """Blobs as S3 objects under ``prefix`` in ``bucket``; S3 makes each put atomic."""
+
+    def __init__(self, *, bucket: str, prefix: str = "", client: S3Client) -> None:
+        if not bucket:
+            raise BlobStoreConfigError("S3 bucket name is empty")
+        try:
+            segments = _prefix_segments(prefix)
+        except InvalidKey as exc:
+            raise BlobStoreConfigError(f"invalid S3 prefix {prefix!r}: {exc}") from exc
+        self._bucket = bucket
+        self._prefix = "".join(f"{s}/" for s in segments)
+        self._client = client
+
+    def describe(self) -> str:
+        """E.g. ``s3://bucket/prefix/``."""
+        return f"s3://{self._bucket}/{self._prefix}"
+
+    def close(self) -> None:
+        """Close the client's connection pool (the client is owned by the store)."""
+        self._client.close()
+
+    def check_free_space(self, needed_bytes: int) -> None:
+        """S3 does not run out of space."""
+
+    def put(self, key: BlobKey, data: bytes) -> BlobRef:
+        """Upload in one request; S3 checks the body against the SHA-256 we computed."""
+        name = self._object_name(key)
+        ref = _blob_ref(key, data)
+        try:
+            self._client.put_object(
+                Bucket=self._bucket,
+                Key=name,
+                Body=data,
+                ContentLength=len(data),
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(ref.sha256)).decode("ascii"),
+                Metadata={"sha256": ref.sha256},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _unavailable(exc, where=f"put {self._describe_key(key)}") from exc
+        return ref
+
+    def get(self, key: BlobKey) -> bytes:
+        """Download the whole object."""
+        try:
+            response = self._client.get_object(Bucket=self._bucket, Key=self._object_name(key))
+            body = response["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise BlobNotFound(f"no blob {self._describe_key(key)}") from exc
+            raise _unavailable(exc, where=f"get {self._describe_key(key)}") from exc
+        except BotoCoreError as exc:
+            raise _unavailable(exc, where=f"get {self._describe_key(key)}") from exc
+
+    def exists(self, key: BlobKey) -> bool:
+        """HEAD the object; 404 means no."""
+        try:
+            self._client.head_object(Bucket=self._bucket, Key=self._object_name(key))
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return False
+            raise _unavailable(exc, where=f"head {self._describe_key(key)}") from exc
+        except BotoCoreError as exc:
+            raise _unavailable(exc, where=f"head {self._describe_key(key)}") from exc
+        return True
+
+    def delete(self, key: BlobKey) -> bool:
+        """Delete the object; True if it existed (S3's DELETE does not say, so HEAD first)."""
+        existed = self.exists(key)
+        try:
+            self._client.delete_object(Bucket=self._bucket, Key=self._object_name(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise _unavailable(exc, where=f"delete {self._describe_key(key)}") from exc
+        return existed
+
+    def list(self, prefix: str | BlobKey) -> Iterator[str]:
+        """Keys under ``prefix``; S3 already lists in lexicographic (UTF-8 byte) order."""
+        segments = _prefix_segments(prefix)
+        return self._list_objects(self._prefix + "".join(f"{s}/" for s in segments))
+
+    def _list_objects(self, full_prefix: str) -> Iterator[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=full_prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(self._prefix) :]
+                    if _is_valid_key(key):
+                        yield key
+        except (ClientError, BotoCoreError) as exc:
+            raise _unavailable(exc, where=f"list {self.describe()}{full_prefix}") from exc
+
+    def _object_name(self, key: BlobKey) -> str:
+        if not isinstance(key, BlobKey):
+            raise InvalidKey(f"expected a BlobKey, got {type(key).__name__}")
+        return self._prefix + key.path
+
+    def _describe_key(self, key: BlobKey) -> str:
+        return f"{self.describe()}{key.path}"
+
+
+def _is_valid_key(text: str) -> bool:
+    try:
+        BlobKey(text)
+    except InvalidKey:
+        return False
+    return True
+
+
+# --- factory ------------------------------------------------------------------------------------
+
+
+class _Secret(Protocol):
+    def get_secret_value(self) -> str: ...
+
+
+class BlobStoreSettings(Protocol):
+    """The settings :func:`open_blob_store` reads (satisfied by Talaria's settings class)."""
+
+    @property
+    def blob_store(self) -> str: ...
+    @property
+    def blob_dir(self) -> Path: ...
+    @property
+    def blob_min_free_bytes(self) -> int: ...
+    @property
+    def s3_bucket(self) -> str | None: ...
+    @property
+    def s3_prefix(self) -> str | None: ...
+    @property
+    def s3_endpoint_url(self) -> str | None: ...
+    @property
+    def s3_region(self) -> str | None: ...
+    @property
+    def s3_access_key_id(self) -> str | None: ...
+    @property
+    def s3_secret_access_key(self) -> _Secret | str | None: ...
+
+
+def _reveal(secret: _Secret | str | None) -> str | None:
+    """The plain value of a pydantic ``SecretStr`` or a str."""
+    if secret is None or isinstance(secret, str):
+        return secret
+    return secret.get_secret_value()
+
+
+def open_blob_store(settings: BlobStoreSettings) -> BlobStore:
+    """Open the store the settings name: ``folder`` (default deployment) or ``s3``."""
+    kind = settings.blob_store
+    if kind == "folder":
+        return FolderBlobStore(settings.blob_dir, min_free_bytes=settings.blob_min_free_bytes)
+    if kind == "s3":
+        if not settings.s3_bucket:
+            raise BlobStoreConfigError("blob_store is 's3' but s3_bucket is not set")
+        client = make_s3_client(
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=_reveal(settings.s3_secret_access_key),
+        )
+        return S3BlobStore(
+            bucket=settings.s3_bucket, prefix=settings.s3_prefix or "", client=client
+        )
+    raise BlobStoreConfigError(f"unknown blob_store {kind!r}: expected 'folder' or 's3'")
