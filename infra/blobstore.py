@@ -39,7 +39,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.errors import PermanentError, TransientError
+from infra.errors import PermanentError, TalariaError, TransientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -70,7 +70,7 @@ __all__ = [
 # --- exceptions ---------------------------------------------------------------------------------
 
 
-class BlobStoreError(Exception):
+class BlobStoreError(TalariaError):
     """Base of every error a blob store raises."""
 
 
@@ -79,7 +79,7 @@ class InvalidKey(BlobStoreError, PermanentError, ValueError):
 
 
 class InvalidUID(InvalidKey):
-    """A DICOM UID breaks PS3.5 §9.1 (digits and dots, no leading zeros, at most 64 chars)."""
+    """A DICOM UID is not digits and dots in non-empty components, at most 64 characters."""
 
 
 class BlobStoreConfigError(BlobStoreError, PermanentError, ValueError):
@@ -101,17 +101,18 @@ class BlobStoreUnavailable(BlobStoreError, TransientError):
 # --- keys ---------------------------------------------------------------------------------------
 
 _UID_MAX_LENGTH: Final = 64
-_UID_RE: Final = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*", re.ASCII)
+_UID_RE: Final = re.compile(r"[0-9]+(?:\.[0-9]+)*", re.ASCII)
 _SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
 _TEMP_PREFIX: Final = ".tmp-"
 
 
 def validate_uid(value: str) -> str:
-    """Return ``value`` if it is a valid DICOM UID (PS3.5 §9.1), else raise :class:`InvalidUID`.
+    """Return ``value`` if it is usable as a DICOM UID, else raise :class:`InvalidUID`.
 
-    Components are digits without leading zeros (a lone ``0`` is allowed), separated by single
-    dots; at most 64 characters. Trailing NUL padding must be stripped by the caller (pydicom
-    does this when decoding).
+    Digits in non-empty components separated by single dots, at most 64 characters (PS3.5
+    §9.1). Leading zeros in a component break §9.1 but real scanners send them; refusing them
+    would lose studies, and they are harmless in a path. Trailing NUL padding must be stripped
+    by the caller (pydicom does this when decoding).
     """
     if not isinstance(value, str):
         raise InvalidUID(f"DICOM UID must be a string, got {type(value).__name__}")
@@ -121,8 +122,7 @@ def validate_uid(value: str) -> str:
         raise InvalidUID(f"DICOM UID is {len(value)} characters long, at most 64 allowed")
     if _UID_RE.fullmatch(value) is None:
         raise InvalidUID(
-            f"invalid DICOM UID {value!r}: only digits and dots, no empty component, "
-            "no leading zero in a component (PS3.5 §9.1)"
+            f"invalid DICOM UID {value!r}: only digits and dots, no empty component (PS3.5 §9.1)"
         )
     return str(value)
 

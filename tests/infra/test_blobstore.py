@@ -141,7 +141,6 @@ def test_job_keys_are_built_from_safe_segments() -> None:
         "",
         "../../etc",
         "1..2",
-        "1.02",
         ".1",
         "1.",
         "1.2/../3",
@@ -230,11 +229,14 @@ def test_any_character_outside_digits_and_dots_is_refused(text: str) -> None:
 
 
 @given(st.lists(components, min_size=1, max_size=5), st.data())
-def test_a_leading_zero_in_any_component_is_refused(parts: list[str], data: st.DataObject) -> None:
+def test_leading_zeros_that_real_scanners_send_are_accepted(
+    parts: list[str], data: st.DataObject
+) -> None:
     index = data.draw(st.integers(min_value=0, max_value=len(parts) - 1))
     parts[index] = "0" + parts[index]
-    with pytest.raises(InvalidUID):
-        validate_uid(".".join(parts))
+    uid = ".".join(parts)
+    if len(uid) <= 64:
+        assert validate_uid(uid) == uid
 
 
 # --- both stores --------------------------------------------------------------------------------
