@@ -237,12 +237,31 @@ class DeadLetter:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a record sits on the log: broker-side topic name, partition and offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
 Handle = Callable[[Envelope], None]
+HandleRecord = Callable[[Envelope, Position], None]
 Flush = Callable[[], None]
 
 
 class ConsumerLoop:
-    """Consume topics as one group member; at-least-once, never stopped by one bad record."""
+    """Consume topics as one group member; at-least-once, never stopped by one bad record.
+
+    Give either `handle` (the envelope only) or `handle_record` (the envelope and its log
+    position, for consumers that record how far they have applied each partition).
+
+    Handlers may take long (a module running for an hour, a dispatch waiting for its priority
+    slot): they run on a worker thread while this thread keeps polling with every partition
+    paused, so the member stays in its group and rebalances are served. While `paused()`
+    returns True (a suspended queue, outside an off-peak window) nothing new is fetched.
+    """
 
     def __init__(
         self,
@@ -250,18 +269,21 @@ class ConsumerLoop:
         *,
         group_id: str,
         topics: Sequence[Topic],
-        handle: Handle,
+        handle: Handle | None = None,
+        handle_record: HandleRecord | None = None,
         flush: Flush | None = None,
         producer: EventProducer,
         catalogue: Catalogue = CATALOGUE,
         max_batch: int = 500,
         retry_delay_s: float = 0.5,
         max_retry_delay_s: float = 30.0,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self._settings = settings
+        self._paused = paused
         self._group_id = group_id
         self._topics = [topic_name(topic, prefix=settings.topic_prefix) for topic in topics]
-        self._handle = handle
+        self._handle_record = _record_handler(handle, handle_record)
         self._flush = flush
         self._producer = producer
         self._catalogue = catalogue
@@ -290,6 +312,10 @@ class ConsumerLoop:
         self._consumer.subscribe(self._topics, on_revoke=self._commit_before_revoke)
         try:
             while not self.stop_requested.is_set():
+                if self._paused():
+                    self._keep_alive()
+                    continue
+                self._consumer.resume(self._consumer.assignment())
                 messages = self._consumer.consume(num_messages=self._max_batch, timeout=0.2)
                 records = [message for message in messages if self._is_record(message)]
                 if records:
@@ -307,12 +333,44 @@ class ConsumerLoop:
         return False
 
     def _process(self, records: list[Message]) -> None:
+        applied = threading.Event()
+        worker = threading.Thread(
+            target=self._apply, args=(records, applied), name="consumer-handler"
+        )
+        worker.start()
+        while worker.is_alive():
+            self._keep_alive()
+            worker.join(0.05)
+        if not applied.is_set():
+            return  # stopped while retrying: these records are redone after the restart
         for record in records:
-            self._handle_one(record)
-        if self._flush is not None:
-            self._retry_until_done(self._flush, what="flush")
-        for record in records:
-            self._consumer.store_offsets(message=record)
+            try:
+                self._consumer.store_offsets(message=record)
+            except KafkaException:
+                # Revoked while handling: the new owner redoes it (at-least-once).
+                log.info("partition revoked during handling", group=self._group_id)
+
+    def _apply(self, records: list[Message], applied: threading.Event) -> None:
+        try:
+            for record in records:
+                self._handle_one(record)
+            if self._flush is not None:
+                self._retry_until_done(self._flush, what="flush")
+        except TransientError:
+            return  # only raised once a stop was requested
+        applied.set()
+
+    def _keep_alive(self) -> None:
+        """Poll with every partition paused: heartbeats and rebalances, no new records."""
+        self._consumer.pause(self._consumer.assignment())
+        message = self._consumer.poll(0.2)
+        if message is not None and message.error() is None:
+            # A partition assigned since the pause delivered a record: rewind, fetch it later.
+            self._consumer.seek(
+                TopicPartition(
+                    message.topic() or "", _known(message.partition()), _known(message.offset())
+                )
+            )
 
     def _handle_one(self, record: Message) -> None:
         try:
@@ -321,7 +379,16 @@ class ConsumerLoop:
             self._send_to_deadletter(record, reason=f"undecodable: {error}")
             return
         try:
-            self._retry_until_done(lambda: self._handle(envelope), what=envelope.type)
+            position = Position(
+                topic=record.topic() or "",
+                partition=_known(record.partition()),
+                offset=_known(record.offset()),
+            )
+            self._retry_until_done(
+                lambda: self._handle_record(envelope, position), what=envelope.type
+            )
+        except TransientError:
+            raise  # a stop was requested while retrying
         except Exception as error:  # any non-transient failure is permanent
             log.exception("handler failed permanently", event_id=envelope.event_id)
             self._send_to_deadletter(record, reason=f"{type(error).__name__}: {error}")
@@ -366,6 +433,16 @@ class ConsumerLoop:
         except KafkaException as error:
             if error.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("offset commit failed", group=self._group_id, error=str(error))
+
+
+def _record_handler(handle: Handle | None, handle_record: HandleRecord | None) -> HandleRecord:
+    if (handle is None) == (handle_record is None):
+        raise ValueError("give ConsumerLoop exactly one of handle and handle_record")
+    if handle_record is not None:
+        return handle_record
+    assert handle is not None
+    only_envelope = handle
+    return lambda envelope, _position: only_envelope(envelope)
 
 
 def _known(position: int | None) -> int:

@@ -256,3 +256,54 @@ def test_a_broker_restarted_under_a_running_producer_loses_no_acknowledged_event
     missing = set(acknowledged) - on_log
     assert not missing, f"{len(missing)} acknowledged events lost"
     assert len(acknowledged) > 1000
+
+
+def test_a_handler_longer_than_the_poll_interval_keeps_its_group_membership(
+    log_settings: LogSettings, producer: EventProducer
+) -> None:
+    """max.poll.interval is 10 s here; the handler takes 12 s, the loop polls meanwhile."""
+    producer.publish_all([started(1), started(2)])
+    handled: list[str] = []
+
+    def slow(envelope: Envelope) -> None:
+        assert isinstance(envelope.payload, DispatchStarted)
+        if not handled:
+            time.sleep(12)
+        handled.append(envelope.payload.job_id)
+
+    loop = ConsumerLoop(
+        log_settings, group_id="slow", topics=[Topic.JOBS], handle=slow, producer=producer
+    )
+    with Collected(loop):
+        wait_for(lambda: len(handled) == 2, timeout_s=60, what="both events handled")
+    # The offsets were committed: the group has nothing left to redo.
+    again: list[Envelope] = []
+    second = ConsumerLoop(
+        log_settings, group_id="slow", topics=[Topic.JOBS], handle=again.append, producer=producer
+    )
+    with Collected(second):
+        time.sleep(8)
+    assert sorted(handled) == ["job-00001", "job-00002"]
+    assert again == []
+
+
+def test_a_paused_loop_fetches_nothing_until_it_is_resumed(
+    log_settings: LogSettings, producer: EventProducer
+) -> None:
+    paused = threading.Event()
+    paused.set()
+    handled: list[Envelope] = []
+    loop = ConsumerLoop(
+        log_settings,
+        group_id="pausable",
+        topics=[Topic.JOBS],
+        handle=handled.append,
+        producer=producer,
+        paused=paused.is_set,
+    )
+    with Collected(loop):
+        producer.publish_all([started(i) for i in range(5)])
+        time.sleep(4)
+        assert handled == []
+        paused.clear()
+        wait_for(lambda: len(handled) == 5, timeout_s=30, what="events after resuming")
