@@ -205,6 +205,14 @@ class BlobStore(Protocol):
         """Return the blob's bytes; :class:`BlobNotFound` if there is none."""
         ...
 
+    def copy_to(self, key: BlobKey, destination: Path) -> None:
+        """Materialise the blob as the file ``destination`` (a job's working copy).
+
+        The folder store hard-links when it can, so staging a series costs no copy; the
+        caller must not modify the file in place.
+        """
+        ...
+
     def exists(self, key: BlobKey) -> bool:
         """Whether a blob is stored under ``key``."""
         ...
@@ -318,6 +326,18 @@ class FolderBlobStore:
             raise BlobNotFound(f"{self.describe()}: no blob {key.path}") from exc
         except OSError as exc:
             raise BlobStoreUnavailable(f"cannot read {key.path}: {exc}") from exc
+
+    def copy_to(self, key: BlobKey, destination: Path) -> None:
+        """Hard-link the blob to ``destination``, or copy it across file systems."""
+        path = self._path(key)
+        try:
+            os.link(path, destination)
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"{self.describe()}: no blob {key.path}") from exc
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise BlobStoreUnavailable(f"cannot link {key.path}: {exc}") from exc
+            destination.write_bytes(self.get(key))
 
     def exists(self, key: BlobKey) -> bool:
         """Whether a file is stored under ``key``."""
@@ -515,6 +535,10 @@ class S3BlobStore:
             raise _unavailable(exc, where=f"get {self._describe_key(key)}") from exc
         except BotoCoreError as exc:
             raise _unavailable(exc, where=f"get {self._describe_key(key)}") from exc
+
+    def copy_to(self, key: BlobKey, destination: Path) -> None:
+        """Download the object to ``destination``."""
+        destination.write_bytes(self.get(key))
 
     def exists(self, key: BlobKey) -> bool:
         """HEAD the object; 404 means no."""

@@ -1,5 +1,6 @@
 """Fixtures for every test package: a real Kafka broker and isolated topic sets."""
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from infra.admin import ensure_topics
 from infra.kafka.broker import BrokerLayout, LocalBroker, fetch_jars
 from infra.settings import LogSettings
-from tests.support import free_port
+from tests.support import free_port, serving
 
 KAFKA_CACHE = Path.home() / ".cache" / "talaria"
 
@@ -48,3 +49,12 @@ def settings_for(broker: LocalBroker, **overrides: object) -> LogSettings:
 def log_settings(kafka_broker: LocalBroker) -> LogSettings:
     """Settings for the session broker with topics no other test sees."""
     return settings_for(kafka_broker)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real S3 API (moto's server mode) on a free local port, for the whole session."""
+    port = free_port()
+    moto_server = Path(sys.executable).parent / "moto_server"
+    with serving([str(moto_server), "-H", "127.0.0.1", "-p", str(port)], port=port):
+        yield f"http://127.0.0.1:{port}"

@@ -252,6 +252,17 @@ def test_a_put_blob_comes_back_with_its_size_and_checksum(store: BlobStore) -> N
     assert store.get(key) == data
 
 
+def test_a_blob_is_materialised_as_a_working_file(store: BlobStore, tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(2))
+    store.put(key, data)
+    store.copy_to(key, tmp_path / "work.dcm")
+    assert (tmp_path / "work.dcm").read_bytes() == data
+    with pytest.raises(BlobNotFound):
+        store.copy_to(blob_key("jobs", "none", "x.dcm"), tmp_path / "missing.dcm")
+    assert not (tmp_path / "missing.dcm").exists()
+
+
 def test_putting_a_key_again_replaces_the_blob(store: BlobStore) -> None:
     key = blob_key("jobs", "j1", "out", "x.dcm")
     store.put(key, b"first")
