@@ -65,6 +65,7 @@ def ensure_topics(settings: LogSettings, *, grow_partitions: bool = False) -> li
         specs={name: spec for name, spec in wanted.items() if name not in existing},
         retention_hours=settings.log_retention_hours,
     )
+    _wait_for_leaders(admin, created)
     return [
         TopicReport(name=name, state=TopicState.CREATED, partitions=spec.partitions)
         if name in created
@@ -130,6 +131,26 @@ def _check(
     if _reconfigure(admin, name=name, config=config) and state is TopicState.OK:
         state = TopicState.RECONFIGURED
     return TopicReport(name=name, state=state, partitions=partitions)
+
+
+def _wait_for_leaders(admin: AdminClient, names: set[str]) -> None:
+    """Return once every partition of `names` has a leader: a topic is usable only then."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    waiting = set(names)
+    while waiting:
+        topics = admin.list_topics(timeout=_TIMEOUT_S).topics
+        waiting = {
+            name
+            for name in waiting
+            if name not in topics
+            or topics[name].error is not None
+            or not topics[name].partitions
+            or any(p.leader < 0 for p in topics[name].partitions.values())
+        }
+        if waiting and time.monotonic() > deadline:
+            raise TopicSetupFailed(f"topics without a leader: {', '.join(sorted(waiting))}")
+        if waiting:
+            time.sleep(0.1)
 
 
 def _partition_count(admin: AdminClient, name: str) -> int:

@@ -43,6 +43,16 @@ _PERMANENT_DELIVERY_ERRORS = frozenset(
 )
 
 
+_ELECTION_ERRORS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
 class PublishFailed(TransientError):
     """The broker did not acknowledge a record; it may after a retry."""
 
@@ -443,6 +453,20 @@ def _record_handler(handle: Handle | None, handle_record: HandleRecord | None) -
     assert handle is not None
     only_envelope = handle
     return lambda envelope, _position: only_envelope(envelope)
+
+
+def end_offset(consumer: Consumer, partition: TopicPartition, *, timeout_s: float = 30) -> int:
+    """The offset after the last record of `partition`, waiting out a leader election (a
+    topic created a moment ago, a broker restarting)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _low, high = consumer.get_watermark_offsets(partition, timeout=timeout_s)
+            return int(high)
+        except KafkaException as error:
+            if error.args[0].code() not in _ELECTION_ERRORS or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _known(position: int | None) -> int:

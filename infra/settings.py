@@ -8,9 +8,9 @@ is not here: it lives in the event log.
 
 import re
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.errors import PermanentError
@@ -81,8 +81,8 @@ class BlobSettings(TalariaSettings):
     """Where DICOM bytes and job files are stored."""
 
     blob_store: Literal["folder", "s3"] = "folder"
-    blob_dir: Path | None = Field(
-        default=None, description="Folder store root; defaults to <data_dir>/blobs."
+    blob_dir: Path = Field(
+        default=Path("talaria-data/blobs"), description="Folder store root; <data_dir>/blobs."
     )
     blob_min_free_bytes: int = Field(
         default=2 * 1024**3, ge=0, description="Refuse new data below this much free space."
@@ -94,9 +94,17 @@ class BlobSettings(TalariaSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _blobs_under_data_dir(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("blob_dir") is None:
+            data_dir = values.get("data_dir", cls.model_fields["data_dir"].default)
+            values = {**values, "blob_dir": Path(data_dir) / "blobs"}
+        return values
+
     @property
     def blob_root(self) -> Path:
-        return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
+        return self.blob_dir
 
 
 def load(settings_class: type[S]) -> S:

@@ -32,6 +32,7 @@ class Topic(StrEnum):
     NOTIFY_URGENT = "commands.notify.urgent"
     NOTIFY_NORMAL = "commands.notify.normal"
     NOTIFY_OFFPEAK = "commands.notify.offpeak"
+    DISPATCH_RETRY = "commands.dispatch.retry"
 
 
 class Lane(StrEnum):
@@ -80,6 +81,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     _spec(Topic.CONFIG, 1, "config key", keep_forever=True),
     _spec(Topic.OPERATIONS, 1, "subject", keep_forever=True),
     _spec(Topic.DEADLETTER, 1, "original key", keep_forever=True),
+    _spec(Topic.DISPATCH_RETRY, 6, "StudyInstanceUID"),
     *(
         _spec(command_topic(kind, lane), 6, "StudyInstanceUID")
         for kind in CommandKind

@@ -2,9 +2,21 @@
 
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+from confluent_kafka import Consumer, TopicPartition
+
+from infra.catalogue import CATALOGUE
+from infra.events import Envelope, Payload, decode
+from infra.log import EventProducer
+from infra.settings import LogSettings
+from infra.topics import Topic, topic_name
+
+P = TypeVar("P", bound=Payload)
 
 DCMTK = "/usr/bin"  # DCMTK's tools; pynetdicom installs Python scripts of the same names
 
@@ -56,3 +68,63 @@ def serving(command: list[str], *, port: int, timeout_s: float = 30) -> Iterator
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class LogReader:
+    """Every record of some topics, read from the beginning on a background thread."""
+
+    def __init__(self, settings: LogSettings, topics: Iterable[Topic]) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": "reader",
+                "enable.auto.commit": False,
+            }
+        )
+        partitions = []
+        for topic in topics:
+            name = topic_name(topic, prefix=settings.topic_prefix)
+            meta = self._consumer.list_topics(name, timeout=10).topics[name]
+            partitions += [TopicPartition(name, p, 0) for p in meta.partitions]
+        self._consumer.assign(partitions)
+        self.seen: list[tuple[Envelope, float]] = []  # with the broker's timestamp (s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            for message in self._consumer.consume(500, timeout=0.1):
+                if message.error() is None:
+                    envelope = decode(message.value(), message.headers(), CATALOGUE)  # type: ignore[arg-type]
+                    self.seen.append((envelope, message.timestamp()[1] / 1000))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
+
+    def of(self, kind: type[P]) -> list[P]:
+        """Payloads of one type, in the order read."""
+        return [envelope.payload for envelope, _ in self.seen if isinstance(envelope.payload, kind)]
+
+    def wait(
+        self, condition: Callable[["LogReader"], bool], *, timeout_s: float, what: str
+    ) -> None:
+        wait_for(lambda: condition(self), timeout_s=timeout_s, what=what)
+
+
+@contextmanager
+def reading(settings: LogSettings, topics: Iterable[Topic]) -> Iterator[LogReader]:
+    """A `LogReader` for the block."""
+    reader = LogReader(settings, topics)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def publish(settings: LogSettings, envelopes: Iterable[Envelope]) -> None:
+    """Publish envelopes as a test stands in for another service."""
+    with EventProducer(settings, client_id="test") as producer:
+        producer.publish_all(envelopes)

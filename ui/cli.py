@@ -4,8 +4,13 @@ import sys
 
 import typer
 
+from executors.dispatch.cli import dispatch_app
+from executors.processing.cli import process_app
 from infra.cli import kafka_app, topics_app, up
 from infra.errors import TalariaError
+from ingest.cli import ingest_app
+from projections.cli import projections_app, sql
+from streams.cli import config_app, streams_app
 
 app = typer.Typer(
     name="talaria",
@@ -15,7 +20,14 @@ app = typer.Typer(
 )
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(dispatch_app, name="dispatch")
+app.add_typer(process_app, name="process")
 app.command("up")(up)
+app.add_typer(projections_app, name="projections")
+app.command("sql")(sql)
+app.add_typer(config_app, name="config")
+app.add_typer(streams_app, name="streams")
 
 
 def main() -> None:

@@ -1,0 +1,248 @@
+"""The dispatcher service: takes `DispatchSeries` commands and reports what the target confirmed.
+
+Per command: skip it if the job was already confirmed (a redelivery after a crash) or
+cancelled; wait while its queue or target is suspended; emit `DispatchStarted`; stage the
+inputs from the blob store; send; record the confirmation in the blob store, then emit
+`DispatchSucceeded`. A transient failure emits `DispatchFailed(will_retry=True)` with the next
+attempt time and schedules the retry on the retry topic (exponential backoff with a cap); after
+the last attempt, or on a permanent failure, `DispatchFailed(will_retry=False)` puts the job in
+the failure queue, from which `JobRetryRequested` sends it again.
+
+Queue names for `QueueSuspended`: `dispatch` (all), `dispatch.<lane>`, `target:<name>`.
+"""
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+from pydantic import Field
+
+from executors.dispatch import DispatchError, TargetMisconfigured
+from executors.dispatch.staging import stage
+from executors.dispatch.target import Batch, Delivery
+from executors.dispatch.targets import open_target
+from infra.blobstore import BlobKey, BlobStore, blob_key
+from infra.catalogue import (
+    DispatchFailed,
+    DispatchSeries,
+    DispatchStarted,
+    DispatchSucceeded,
+    JobRetryRequested,
+)
+from infra.errors import TransientError
+from infra.events import Envelope, Payload
+from infra.log import EventProducer
+from infra.settings import BlobSettings, LogSettings
+
+log = structlog.get_logger(__name__)
+SOURCE = "dispatcher"
+
+
+class DispatchSettings(LogSettings, BlobSettings):
+    """Settings of `talaria dispatch run`."""
+
+    dispatch_slots: int = Field(default=2, ge=1, le=64, description="Jobs sent at once.")
+    offpeak_window: str = Field(default="22:00-06:00", description="HH:MM-HH:MM, local time.")
+    retry_max_attempts: int = Field(default=5, ge=1)
+    retry_first_delay_s: float = Field(default=60.0, ge=0)
+    retry_max_delay_s: float = Field(default=900.0, ge=0)
+    dispatch_metrics_port: int = Field(default=0, ge=0, le=65535, description="0: no /metrics.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with a cap, up to a number of attempts."""
+
+    max_attempts: int = 5
+    first_delay_s: float = 60.0
+    max_delay_s: float = 900.0
+
+    def next_attempt(self, attempt: int, *, now: datetime) -> datetime | None:
+        """When attempt `attempt + 1` may run, or None when `attempt` was the last."""
+        if attempt >= self.max_attempts:
+            return None
+        delay = min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s)
+        return now + timedelta(seconds=delay)
+
+
+class Controls(Protocol):
+    """What operators and staff configured, as the dispatcher needs it."""
+
+    def target_config(self, name: str) -> dict[str, object] | None: ...
+
+    def suspended(self, queue: str) -> bool: ...
+
+
+def command_key(job_id: str) -> BlobKey:
+    return blob_key("jobs", job_id, "dispatch", "command.json")
+
+
+def confirmation_key(job_id: str) -> BlobKey:
+    return blob_key("jobs", job_id, "dispatch", "confirmed.json")
+
+
+class Dispatcher:
+    """Carries out dispatch commands; every method is safe to call again for the same command."""
+
+    def __init__(
+        self,
+        *,
+        producer: EventProducer,
+        store: BlobStore,
+        controls: Controls,
+        policy: RetryPolicy,
+        work_dir: Path,
+        stop: threading.Event,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._producer = producer
+        self._store = store
+        self._controls = controls
+        self._policy = policy
+        self._work_dir = work_dir
+        self._stop = stop
+        self._clock = clock
+
+    def handle_command(self, envelope: Envelope) -> None:
+        """A first attempt, or an operator's retry, from a lane topic."""
+        command = envelope.payload
+        if not isinstance(command, DispatchSeries):
+            return
+        if command.attempt == 1 and not self._store.exists(command_key(command.job_id)):
+            self._store.put(command_key(command.job_id), command.model_dump_json().encode())
+        self._dispatch(envelope, command)
+
+    def handle_retry(self, envelope: Envelope) -> None:
+        """A scheduled retry: wait for its time, then dispatch."""
+        command = envelope.payload
+        if not isinstance(command, DispatchSeries):
+            return
+        if command.not_before is not None:
+            wait_s = (command.not_before - self._clock()).total_seconds()
+            if wait_s > 0 and self._stop.wait(wait_s):
+                raise TransientError("stopping before a scheduled retry")
+        self._dispatch(envelope, command)
+
+    def handle_operation(self, envelope: Envelope) -> None:
+        """`JobRetryRequested` for a dispatch job in the failure queue: send it again."""
+        request = envelope.payload
+        if not isinstance(request, JobRetryRequested):
+            return
+        if not self._store.exists(command_key(request.job_id)):
+            return  # not a dispatch job
+        if self._store.exists(confirmation_key(request.job_id)):
+            log.info("retry of a confirmed job skipped", job_id=request.job_id)
+            return
+        original = DispatchSeries.model_validate_json(self._store.get(command_key(request.job_id)))
+        again = original.model_copy(update={"attempt": 1, "not_before": None})
+        self._producer.publish(envelope.caused(again, source=SOURCE, subject=request.job_id))
+
+    def _dispatch(self, cause: Envelope, command: DispatchSeries) -> None:
+        job = command.job_id
+        if self._store.exists(confirmation_key(job)):
+            log.info("already confirmed, not sent again", job_id=job)
+            return
+        self._wait_while_suspended(command)
+        self._emit(
+            cause,
+            DispatchStarted(
+                job_id=job,
+                target=command.target,
+                attempt=command.attempt,
+                instance_count=len(command.inputs),
+            ),
+        )
+        began = time.monotonic()
+        try:
+            delivery = self._send(command)
+        except (DispatchError, TransientError) as error:  # transient: the blob store, say
+            self._failed(cause, command, error)
+            return
+        self._store.put(
+            confirmation_key(job),
+            json.dumps({"confirmed": delivery.confirmed, "warnings": delivery.warnings}).encode(),
+        )
+        self._emit(
+            cause,
+            DispatchSucceeded(
+                job_id=job,
+                target=command.target,
+                attempt=command.attempt,
+                confirmed=delivery.confirmed,
+                warnings=delivery.warnings,
+            ),
+        )
+        log.info(
+            "dispatched",
+            job_id=job,
+            target=command.target,
+            instances=delivery.confirmed,
+            seconds=round(time.monotonic() - began, 3),
+        )
+
+    def _send(self, command: DispatchSeries) -> Delivery:
+        config = self._controls.target_config(command.target)
+        if config is None:
+            raise TargetMisconfigured(f"no target named {command.target!r}")
+        target = open_target(config)
+        folder = self._work_dir / f"{command.job_id}-{command.attempt}"
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            staged = stage(self._store, command.inputs, folder=folder)
+            return target.send(
+                Batch(
+                    job_id=command.job_id,
+                    study_uid=command.study_uid,
+                    instances=staged,
+                    tags=command.tags,
+                )
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _failed(self, cause: Envelope, command: DispatchSeries, error: Exception) -> None:
+        retry_at = (
+            self._policy.next_attempt(command.attempt, now=self._clock())
+            if isinstance(error, TransientError)
+            else None
+        )
+        failure = DispatchFailed(
+            job_id=command.job_id,
+            target=command.target,
+            attempt=command.attempt,
+            reason=str(error),
+            will_retry=retry_at is not None,
+            next_attempt_at=retry_at,
+        )
+        events: list[Payload] = [failure]
+        if retry_at is not None:
+            events.append(
+                command.model_copy(update={"attempt": command.attempt + 1, "not_before": retry_at})
+            )
+        log.warning(
+            "dispatch failed",
+            job_id=command.job_id,
+            target=command.target,
+            attempt=command.attempt,
+            will_retry=failure.will_retry,
+            reason=failure.reason,
+        )
+        self._producer.publish_all(
+            cause.caused(payload, source=SOURCE, subject=command.job_id) for payload in events
+        )
+
+    def _wait_while_suspended(self, command: DispatchSeries) -> None:
+        queues = ("dispatch", f"dispatch.{command.lane.value}", f"target:{command.target}")
+        while any(self._controls.suspended(queue) for queue in queues):
+            if self._stop.wait(1.0):
+                raise TransientError("stopping while the queue is suspended")
+
+    def _emit(self, cause: Envelope, payload: DispatchStarted | DispatchSucceeded) -> None:
+        self._producer.publish(cause.caused(payload, source=SOURCE, subject=payload.job_id))
