@@ -9,7 +9,7 @@ with `CATALOGUE.upcaster(TYPE, old_version)`.
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 
 from infra.events import Catalogue, Payload, Value
 from infra.topics import CommandKind, Lane, Topic, command_topic
@@ -185,20 +185,46 @@ class SeriesCompleted(StudyFact):
 
 @CATALOGUE.register
 class StudyCompleted(StudyFact):
+    """A study-level rule's collection of series is complete (or was forced to be).
+
+    Carries everything its decision needs: the series' blobs, the tags of the first series
+    and the descriptions received, so the decision is a function of this event and the rules.
+    `action` is "discard" when a forced completion's rule says to discard.
+    """
+
     TYPE = "StudyCompleted"
     completion_id: str
     series_uids: list[str]
     reason: Literal["timeout", "received_series", "forced", "operator"]
     rule: str | None = None
+    action: Literal["proceed", "discard"] = "proceed"
+    series_completions: list[str] = Field(default_factory=list)
+    received_series: list[str] = Field(default_factory=list)
+    blobs: list[BlobReference] = Field(default_factory=list)
+    tags: Tags = Field(default_factory=dict)
+
+
+class StudyDeferral(Value):
+    """A study-level rule matched a series: the series waits for the study, on these terms."""
+
+    rule: str
+    condition: Literal["timeout", "received_series"] = "timeout"
+    required_series: str = ""
+    force_action: Literal["discard", "proceed", "ignore"] = "discard"
 
 
 @CATALOGUE.register
 class RulesEvaluated(StudyFact):
+    """The rules were evaluated for a completed series or study (or a reprocessing request)."""
+
     TYPE = "RulesEvaluated"
     series_uid: str | None = None
     completion_id: str
     matched_rules: list[str]
     fallback_used: bool = False
+    forced_rule: str | None = None
+    discarded_by: str | None = None
+    deferred: list[StudyDeferral] = Field(default_factory=list)
     errors: dict[str, str] = Field(default_factory=dict)
 
 
@@ -229,8 +255,11 @@ class ProcessingStepCompleted(JobFact):
     exit_code: int
     duration_s: float
     output_count: int
-    result: JsonObject | None = None
+    result: JsonValue = None
+    """The module's `result.json`, any JSON (as mercure stores it); None when it wrote none."""
     log_key: str | None = None
+    outputs: list[BlobReference] = Field(default_factory=list)
+    """The job's stored outputs, on the last step's event (what a `both` rule dispatches)."""
 
 
 @CATALOGUE.register
@@ -408,18 +437,26 @@ class ModuleStep(Value):
 
 @CATALOGUE.register
 class ProcessSeries(Command):
+    """Run a rule's module chain on the inputs, then dispatch to `dispatch_targets`."""
+
     TYPE = "ProcessSeries"
     KIND = CommandKind.PROCESS
     job_id: str
+    attempt: int = Field(default=1, ge=1)
     rule: str
     series_uids: list[str]
     steps: list[ModuleStep]
     inputs: list[BlobReference]
     dispatch_targets: list[str] = Field(default_factory=list)
+    retain_input_images: bool = False
+    completion_id: str = ""
+    tags: Tags = Field(default_factory=dict)
 
 
 @CATALOGUE.register
 class DispatchSeries(Command):
+    """Send the inputs to one target; `rules` are all the rules that chose this target."""
+
     TYPE = "DispatchSeries"
     KIND = CommandKind.DISPATCH
     job_id: str
@@ -428,13 +465,28 @@ class DispatchSeries(Command):
     series_uids: list[str]
     inputs: list[BlobReference]
     tags: Tags = Field(default_factory=dict)
+    rules: list[str] = Field(default_factory=list)
+    completion_id: str = ""
+    attempt: int = Field(default=1, ge=1)
+    not_before: datetime | None = Field(
+        default=None, description="A retry: not to be sent before this moment."
+    )
+
+    def topic(self) -> Topic:
+        """Retries wait on their own topic so that they hold up no first attempt."""
+        return Topic.DISPATCH_RETRY if self.not_before is not None else super().topic()
 
 
 @CATALOGUE.register
 class Notify(Command):
+    """Send a rule's notification for `trigger` ("reception", "completion", ...)."""
+
     TYPE = "Notify"
     KIND = CommandKind.NOTIFY
     job_id: str
     rule: str
     trigger: str
     details: JsonObject = Field(default_factory=dict)
+    series_uids: list[str] = Field(default_factory=list)
+    completion_id: str = ""
+    tags: Tags = Field(default_factory=dict)

@@ -271,8 +271,13 @@ class LocalBroker:
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never starting with "-", which the storage tool would read as an option.
+    """
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()).startswith("-"):
+        pass
+    return cluster_id.rstrip("=")
 
 
 def _wait_foreign_exit(pid: int, *, timeout_s: float) -> bool:
