@@ -7,7 +7,15 @@ from pydantic import ValidationError
 
 from executors.dispatch import TargetMisconfigured
 from executors.dispatch.target import REGISTRY, Target, TargetSettings
-from executors.dispatch.targets import dicom, folder, s3  # noqa: F401 - registration
+from executors.dispatch.targets import (  # noqa: F401 - registration
+    dicom,
+    dicomweb,
+    folder,
+    rsync,
+    s3,
+    sftp,
+    xnat,
+)
 
 
 def target_settings(config: Mapping[str, Any]) -> TargetSettings:

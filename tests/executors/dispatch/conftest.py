@@ -1,5 +1,6 @@
 """Real peers for dispatch tests: DCMTK's storescp (plain and TLS) writing what it receives."""
 
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,3 +123,85 @@ def make_certificates(folder: Path) -> dict[str, Path]:
         name: folder / name
         for name in ("ca.pem", "server.key", "server.pem", "client.key", "client.pem")
     }
+
+
+@dataclass(frozen=True)
+class Orthanc:
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """Debian's Orthanc with its DICOMweb plugin, storing in a temporary folder."""
+    http_port, dicom_port = free_port(), free_port()
+    config = tmp_path / "orthanc.json"
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "TEST",
+                "StorageDirectory": str(tmp_path / "orthanc-storage"),
+                "IndexDirectory": str(tmp_path / "orthanc-storage"),
+                "HttpPort": http_port,
+                "DicomPort": dicom_port,
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+                "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            }
+        )
+    )
+    with serving(["/usr/sbin/Orthanc", "--logdir=" + str(tmp_path), str(config)], port=http_port):
+        yield Orthanc(http_port=http_port)
+
+
+@dataclass(frozen=True)
+class Sshd:
+    port: int
+    key_file: Path
+    known_hosts: Path
+    folder: Path
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """Debian's OpenSSH server on 127.0.0.1 accepting one test key for the current user."""
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "host")], check=True
+    )
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "client")], check=True
+    )
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    port = free_port()
+    host_key = (keys / "host.pub").read_text().split()
+    known_hosts = keys / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    config = keys / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {keys / 'host'}",
+                f"AuthorizedKeysFile {keys / 'authorized_keys'}",
+                f"PidFile {keys / 'sshd.pid'}",
+                "PermitRootLogin yes",
+                "PasswordAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                "Subsystem sftp internal-sftp",
+                "",
+            ]
+        )
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation folder sshd insists on
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    with serving(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], port=port):
+        yield Sshd(port=port, key_file=keys / "client", known_hosts=known_hosts, folder=folder)

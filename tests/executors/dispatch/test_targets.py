@@ -1,9 +1,18 @@
 """Each target type against a real peer: what arrives is what was ingested, byte for byte."""
 
+import base64
+import getpass
+import io
+import threading
+import zipfile
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import parse_qs, urlparse
 
 import boto3
+import httpx
 import pytest
 from pynetdicom import AE, StoragePresentationContexts, evt
 
@@ -12,6 +21,8 @@ from executors.dispatch.target import Batch
 from executors.dispatch.targets import open_target, target_settings
 from executors.dispatch.targets.folder import COMPLETE_MARKER
 from tests.executors.dispatch.conftest import (
+    Orthanc,
+    Sshd,
     StoreSCP,
     dataset_bytes,
     make_certificates,
@@ -215,3 +226,129 @@ def test_failure_statuses_are_kept_apart_from_warnings(
     statuses[:] = [0x0000, status]
     with pytest.raises(outcome, match=f"0x{status:04X}"):
         target.send(study)
+
+
+def test_a_dicomweb_target_stores_through_stow_rs_into_orthanc(
+    orthanc: Orthanc, study: Batch
+) -> None:
+    target = open_target(
+        {"target_type": "dicomweb", "url": f"{orthanc.url}/dicom-web", "batch_size": 4}
+    )
+    assert "answered 200" in target.test()
+    assert target.send(study).confirmed == 6
+    with httpx.Client(base_url=orthanc.url) as client:
+        for instance in study.instances:
+            found = client.post("/tools/lookup", content=instance.sop_uid).json()
+            (match,) = found
+            stored = client.get(f"/instances/{match['ID']}/file").content
+            assert dataset_bytes_of(stored) == dataset_bytes(instance.path)
+
+
+def dataset_bytes_of(raw: bytes) -> bytes:
+    meta_length = int.from_bytes(raw[140:144], "little")
+    return raw[144 + meta_length :]
+
+
+def test_a_dicomweb_target_that_answers_5xx_or_is_down_is_unavailable(study: Batch) -> None:
+    target = open_target({"target_type": "dicomweb", "url": f"http://127.0.0.1:{free_port()}"})
+    with pytest.raises(TargetUnavailable):
+        target.send(study)
+
+
+def ssh_config(sshd: Sshd, **extra: object) -> dict[str, object]:
+    return {
+        "host": "127.0.0.1",
+        "port": sshd.port,
+        "user": getpass.getuser(),
+        "key_file": str(sshd.key_file),
+        "known_hosts": str(sshd.known_hosts),
+        "folder": str(sshd.folder),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("kind", ["sftp", "rsync"])
+def test_ssh_targets_copy_the_job_and_run_the_command_after(
+    sshd: Sshd, study: Batch, kind: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / f"{kind}-ran"
+    target = open_target({"target_type": kind, **ssh_config(sshd, command=f"touch {marker} && ls")})
+    assert "logged in" in target.test()
+    assert target.send(study).confirmed == 6
+    job = sshd.folder / study.job_id
+    for instance in study.instances:
+        path = job / f"{instance.series_uid}#{instance.sop_uid}.dcm"
+        assert path.read_bytes() == instance.path.read_bytes()
+    assert marker.exists()
+
+
+def test_an_unknown_host_key_is_refused_not_trusted(sshd: Sshd, tmp_path: Path) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    target = open_target({"target_type": "sftp", **ssh_config(sshd, known_hosts=str(empty))})
+    with pytest.raises(TargetMisconfigured, match="key is not in"):
+        target.test()
+
+
+class XnatDouble(BaseHTTPRequestHandler):
+    """A stand-in for XNAT's import service: XNAT itself cannot run here. It checks the
+    credentials and the query, keeps the uploaded zip, and answers as XNAT does."""
+
+    uploads: ClassVar[list[tuple[dict[str, list[str]], bytes]]] = []
+
+    def _authorised(self) -> bool:
+        expected = "Basic " + base64.b64encode(b"ann:secret").decode()
+        if self.headers.get("Authorization") == expected:
+            return True
+        self.send_response(401)
+        self.end_headers()
+        return False
+
+    def do_GET(self) -> None:
+        if self._authorised() and self.path == "/data/auth":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    def do_POST(self) -> None:
+        if not self._authorised():
+            return
+        url = urlparse(self.path)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        XnatDouble.uploads.append((parse_qs(url.query), body))
+        self.send_response(200 if url.path == "/data/services/import" else 404)
+        self.end_headers()
+        self.wfile.write(b"/data/prearchive/projects/P1/x")
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_an_xnat_target_imports_the_study_as_one_zip(study: Batch) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), XnatDouble)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        config = {
+            "target_type": "xnat",
+            "host": f"http://127.0.0.1:{server.server_port}",
+            "project_id": "P1",
+            "user": "ann",
+            "password": "secret",
+        }
+        target = open_target(config)
+        assert "logged in" in target.test()
+        assert target.send(study).confirmed == 6
+        with pytest.raises(TargetMisconfigured):
+            open_target({**config, "password": "wrong"}).test()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    ((query, body),) = XnatDouble.uploads
+    assert query["PROJECT_ID"] == ["P1"]
+    assert query["SUBJECT_ID"] == ["P001"]
+    assert query["EXPT_LABEL"] == ["P001_2024-03-14"]
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        contents = {archive.read(name) for name in archive.namelist()}
+    assert contents == {instance.path.read_bytes() for instance in study.instances}
