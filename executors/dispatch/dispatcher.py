@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
+from prometheus_client import Counter, Histogram
 from pydantic import Field
 
 from executors.dispatch import DispatchError, TargetMisconfigured
@@ -43,6 +44,11 @@ from infra.settings import BlobSettings, LogSettings
 
 log = structlog.get_logger(__name__)
 SOURCE = "dispatcher"
+
+JOBS = Counter("talaria_dispatch_jobs", "Dispatch attempts by outcome.", ["target", "outcome"])
+INSTANCES = Counter("talaria_dispatch_instances", "Instances confirmed by targets.", ["target"])
+BYTES = Counter("talaria_dispatch_bytes", "Bytes of confirmed instances.", ["target"])
+SECONDS = Histogram("talaria_dispatch_seconds", "Duration of successful sends.", ["target"])
 
 
 class DispatchSettings(LogSettings, BlobSettings):
@@ -179,12 +185,17 @@ class Dispatcher:
                 warnings=delivery.warnings,
             ),
         )
+        seconds = time.monotonic() - began
+        JOBS.labels(command.target, "succeeded").inc()
+        INSTANCES.labels(command.target).inc(delivery.confirmed)
+        BYTES.labels(command.target).inc(sum(reference.size for reference in command.inputs))
+        SECONDS.labels(command.target).observe(seconds)
         log.info(
             "dispatched",
             job_id=job,
             target=command.target,
             instances=delivery.confirmed,
-            seconds=round(time.monotonic() - began, 3),
+            seconds=round(seconds, 3),
         )
 
     def _send(self, command: DispatchSeries) -> Delivery:
@@ -221,6 +232,7 @@ class Dispatcher:
             will_retry=retry_at is not None,
             next_attempt_at=retry_at,
         )
+        JOBS.labels(command.target, "retrying" if failure.will_retry else "failed").inc()
         events: list[Payload] = [failure]
         if retry_at is not None:
             events.append(

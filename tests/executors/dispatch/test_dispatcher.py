@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydicom import dcmread
 
 from executors.dispatch.dispatcher import DispatchSettings
@@ -110,8 +111,8 @@ def test_a_series_reaches_a_dicom_target_and_the_log_says_so(
     settings: DispatchSettings, storescp: StoreSCP, tmp_path: Path
 ) -> None:
     inputs = stored_series(settings, tmp_path / "src", instances=5)
-    publish(settings, [dicom_target("pacs", storescp.port)])
-    command = dispatch(inputs, target="pacs", lane=Lane.URGENT)
+    publish(settings, [dicom_target("pacs-metered", storescp.port)])
+    command = dispatch(inputs, target="pacs-metered", lane=Lane.URGENT)
     with jobs(settings) as log, DispatchService(settings).start() as _:
         publish(settings, [command])
         log.wait(lambda r: r.of(DispatchSucceeded), timeout_s=60, what="success")
@@ -120,6 +121,10 @@ def test_a_series_reaches_a_dicom_target_and_the_log_says_so(
     (succeeded,) = log.of(DispatchSucceeded)
     assert (started.instance_count, succeeded.confirmed, succeeded.attempt) == (5, 5, 1)
     assert succeeded.job_id == command.payload.job_id  # type: ignore[attr-defined]
+    metric = REGISTRY.get_sample_value
+    assert metric("talaria_dispatch_instances_total", {"target": "pacs-metered"}) == 5
+    total = sum(ref.size for ref in inputs)
+    assert metric("talaria_dispatch_bytes_total", {"target": "pacs-metered"}) == total
 
 
 def test_a_target_down_for_the_first_attempts_gets_the_series_in_the_end(
