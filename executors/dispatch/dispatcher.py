@@ -6,7 +6,8 @@ inputs from the blob store; send; record the confirmation in the blob store, the
 `DispatchSucceeded`. A transient failure emits `DispatchFailed(will_retry=True)` with the next
 attempt time and schedules the retry on the retry topic (exponential backoff with a cap); after
 the last attempt, or on a permanent failure, `DispatchFailed(will_retry=False)` puts the job in
-the failure queue, from which `JobRetryRequested` sends it again.
+the failure queue, from which `JobRetryRequested` sends it again. A `JobCancelled` job that has
+not been sent yet fails with the reason "cancelled" instead of being sent.
 
 Queue names for `QueueSuspended`: `dispatch` (all), `dispatch.<lane>`, `target:<name>`.
 """
@@ -35,9 +36,10 @@ from infra.catalogue import (
     DispatchSeries,
     DispatchStarted,
     DispatchSucceeded,
+    JobCancelled,
     JobRetryRequested,
 )
-from infra.errors import TransientError
+from infra.errors import PermanentError, TransientError
 from infra.events import Envelope, Payload
 from infra.log import EventProducer
 from infra.settings import BlobSettings, LogSettings
@@ -49,6 +51,10 @@ JOBS = Counter("talaria_dispatch_jobs", "Dispatch attempts by outcome.", ["targe
 INSTANCES = Counter("talaria_dispatch_instances", "Instances confirmed by targets.", ["target"])
 BYTES = Counter("talaria_dispatch_bytes", "Bytes of confirmed instances.", ["target"])
 SECONDS = Histogram("talaria_dispatch_seconds", "Duration of successful sends.", ["target"])
+
+
+class JobWasCancelled(PermanentError):
+    """An operator cancelled the job before it was sent."""
 
 
 class DispatchSettings(LogSettings, BlobSettings):
@@ -94,6 +100,10 @@ def confirmation_key(job_id: str) -> BlobKey:
     return blob_key("jobs", job_id, "dispatch", "confirmed.json")
 
 
+def cancellation_key(job_id: str) -> BlobKey:
+    return blob_key("jobs", job_id, "dispatch", "cancelled.json")
+
+
 class Dispatcher:
     """Carries out dispatch commands; every method is safe to call again for the same command."""
 
@@ -137,8 +147,13 @@ class Dispatcher:
         self._dispatch(envelope, command)
 
     def handle_operation(self, envelope: Envelope) -> None:
-        """`JobRetryRequested` for a dispatch job in the failure queue: send it again."""
+        """Operator requests about dispatch jobs: retry from the failure queue, cancel."""
         request = envelope.payload
+        if isinstance(request, JobCancelled):
+            # Marked even before the command was seen: it may still wait behind others.
+            self._store.put(cancellation_key(request.job_id), b"{}")
+            log.info("job cancelled", job_id=request.job_id, actor=envelope.actor)
+            return
         if not isinstance(request, JobRetryRequested):
             return
         if not self._store.exists(command_key(request.job_id)):
@@ -156,6 +171,9 @@ class Dispatcher:
             log.info("already confirmed, not sent again", job_id=job)
             return
         self._wait_while_suspended(command)
+        if self._store.exists(cancellation_key(job)):
+            self._failed(cause, command, JobWasCancelled("cancelled by an operator"))
+            return
         self._emit(
             cause,
             DispatchStarted(

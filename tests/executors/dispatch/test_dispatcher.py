@@ -22,10 +22,13 @@ from infra.catalogue import (
     DispatchSeries,
     DispatchStarted,
     DispatchSucceeded,
+    JobCancelled,
     JobRetryRequested,
+    QueueResumed,
+    QueueSuspended,
     TargetSaved,
 )
-from infra.events import Envelope
+from infra.events import Envelope, Payload
 from infra.kafka.broker import LocalBroker
 from infra.topics import Lane, Topic
 from tests.conftest import settings_for
@@ -179,6 +182,36 @@ def test_a_permanent_refusal_fails_at_once_and_a_retry_after_the_fix_succeeds(
         time.sleep(3)
     assert received_match(storescp, settings, inputs)
     assert len(log.of(DispatchSucceeded)) == 1
+
+
+def operator(payload: Payload) -> Envelope:
+    return Envelope(payload=payload, source="ui", subject=payload.TYPE, actor="carol")
+
+
+def test_a_suspended_target_holds_its_jobs_and_a_cancelled_job_is_never_sent(
+    settings: DispatchSettings, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    kept = dispatch(stored_series(settings, tmp_path / "a", instances=2), target="held")
+    dropped = dispatch(stored_series(settings, tmp_path / "b", instances=2), target="held")
+    publish(
+        settings,
+        [dicom_target("held", storescp.port), operator(QueueSuspended(queue="target:held"))],
+    )
+    with jobs(settings) as log, DispatchService(settings).start():
+        publish(settings, [kept, dropped])
+        time.sleep(4)
+        assert log.of(DispatchStarted) == []
+        assert storescp.received() == []
+        publish(settings, [operator(JobCancelled(job_id=dropped.payload.job_id))])  # type: ignore[attr-defined]
+        publish(settings, [operator(QueueResumed(queue="target:held"))])
+        log.wait(
+            lambda r: r.of(DispatchSucceeded) and r.of(DispatchFailed), timeout_s=60, what="both"
+        )
+    (failure,) = log.of(DispatchFailed)
+    assert failure.job_id == dropped.payload.job_id  # type: ignore[attr-defined]
+    assert "cancelled" in failure.reason
+    assert not failure.will_retry
+    assert len(storescp.received()) == 2
 
 
 def dispatcher_process(settings: DispatchSettings, logfile: Path) -> subprocess.Popen[bytes]:
