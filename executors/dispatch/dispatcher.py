@@ -30,6 +30,7 @@ from executors.dispatch import DispatchError, TargetMisconfigured
 from executors.dispatch.staging import stage
 from executors.dispatch.target import Batch, Delivery
 from executors.dispatch.targets import open_target
+from executors.service import ExecutorSettings
 from infra.blobstore import BlobKey, BlobStore, blob_key
 from infra.catalogue import (
     DispatchFailed,
@@ -42,7 +43,6 @@ from infra.catalogue import (
 from infra.errors import PermanentError, TransientError
 from infra.events import Envelope, Payload
 from infra.log import EventProducer
-from infra.settings import BlobSettings, LogSettings
 
 log = structlog.get_logger(__name__)
 SOURCE = "dispatcher"
@@ -57,11 +57,10 @@ class JobWasCancelled(PermanentError):
     """An operator cancelled the job before it was sent."""
 
 
-class DispatchSettings(LogSettings, BlobSettings):
+class DispatchSettings(ExecutorSettings):
     """Settings of `talaria dispatch run`."""
 
     dispatch_slots: int = Field(default=2, ge=1, le=64, description="Jobs sent at once.")
-    offpeak_window: str = Field(default="22:00-06:00", description="HH:MM-HH:MM, local time.")
     retry_max_attempts: int = Field(default=5, ge=1)
     retry_first_delay_s: float = Field(default=60.0, ge=0)
     retry_max_delay_s: float = Field(default=900.0, ge=0)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from infra.settings import BlobSettings, LogSettings
+from executors.service import ExecutorSettings
 
 
-class ProcessorSettings(LogSettings, BlobSettings):
+class ProcessorSettings(ExecutorSettings):
     """Everything `talaria process run` needs."""
 
     processing_dir: Path | None = Field(

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from pydicom import dcmread
 
 from executors.dispatch.dispatcher import DispatchSettings
-from executors.dispatch.service import DispatchService
+from executors.dispatch.service import dispatch_service
 from infra.blobstore import FolderBlobStore, instance_key
 from infra.catalogue import (
     BlobReference,
@@ -116,7 +116,7 @@ def test_a_series_reaches_a_dicom_target_and_the_log_says_so(
     inputs = stored_series(settings, tmp_path / "src", instances=5)
     publish(settings, [dicom_target("pacs-metered", storescp.port)])
     command = dispatch(inputs, target="pacs-metered", lane=Lane.URGENT)
-    with jobs(settings) as log, DispatchService(settings).start() as _:
+    with jobs(settings) as log, dispatch_service(settings) as _:
         publish(settings, [command])
         log.wait(lambda r: r.of(DispatchSucceeded), timeout_s=60, what="success")
     assert received_match(storescp, settings, inputs)
@@ -138,7 +138,7 @@ def test_a_target_down_for_the_first_attempts_gets_the_series_in_the_end(
     folder = tmp_path / "late"
     folder.mkdir()
     publish(settings, [dicom_target("late", port)])
-    with jobs(settings) as log, DispatchService(settings).start():
+    with jobs(settings) as log, dispatch_service(settings):
         publish(settings, [dispatch(inputs, target="late")])
         log.wait(lambda r: len(r.of(DispatchFailed)) >= 2, timeout_s=60, what="two failures")
         with serving(storescp_command(port, folder), port=port):
@@ -158,7 +158,7 @@ def test_a_permanent_refusal_fails_at_once_and_a_retry_after_the_fix_succeeds(
     inputs = stored_series(settings, tmp_path / "src", instances=2)
     command = dispatch(inputs, target="pacs")
     job_id = command.payload.job_id  # type: ignore[attr-defined]
-    with jobs(settings) as log, DispatchService(settings).start():
+    with jobs(settings) as log, dispatch_service(settings):
         publish(settings, [target_saved("pacs", target_type="dicom", ip="127.0.0.1", port=1)])
         publish(settings, [command])
         log.wait(lambda r: r.of(DispatchFailed), timeout_s=60, what="the failure")
@@ -197,7 +197,7 @@ def test_a_suspended_target_holds_its_jobs_and_a_cancelled_job_is_never_sent(
         settings,
         [dicom_target("held", storescp.port), operator(QueueSuspended(queue="target:held"))],
     )
-    with jobs(settings) as log, DispatchService(settings).start():
+    with jobs(settings) as log, dispatch_service(settings):
         publish(settings, [kept, dropped])
         time.sleep(4)
         assert log.of(DispatchStarted) == []

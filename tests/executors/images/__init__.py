@@ -11,6 +11,7 @@ it raises, so Docker tests fail instead of being skipped.
 """
 
 import hashlib
+import importlib.metadata
 import os
 import re
 import shutil
@@ -178,15 +179,19 @@ def tag_module_image(client: docker.DockerClient) -> str:
     """The pydicom module: the Python base with the venv's pydicom package copied in."""
     base = python_base_image(client)
     script = (HERE / "tag_module.py").read_bytes()
-    tag = _content_tag("tag-module", script, base.encode(), pydicom.__version__.encode())
+    tag = _content_tag("tag-module", script, base.encode(), f"{pydicom.__version__}+meta".encode())
     if _exists(client, tag):
         return tag
     with tempfile.TemporaryDirectory(prefix="talaria-module-") as context:
         shutil.copytree(Path(pydicom.__file__).parent, Path(context) / "pydicom")
+        metadata = Path(str(importlib.metadata.distribution("pydicom").locate_file("")))
+        dist_info = next(metadata.glob(f"pydicom-{pydicom.__version__}.dist-info"))
+        shutil.copytree(dist_info, Path(context) / "pydicom.dist-info")
         shutil.copy(HERE / "tag_module.py", Path(context) / "tag_module.py")
         (Path(context) / "Dockerfile").write_text(
             f"FROM {base}\n"
             "COPY pydicom /usr/lib/python3/dist-packages/pydicom\n"
+            f"COPY pydicom.dist-info /usr/lib/python3/dist-packages/{dist_info.name}\n"
             "COPY tag_module.py /module/tag_module.py\n"
             'CMD ["python3", "/module/tag_module.py"]\n'
         )

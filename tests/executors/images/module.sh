@@ -16,6 +16,7 @@ fail)
 sleep)
   echo "sleeping"
   sleep "${SLEEP_S:-60}"
+  cp "$in"/*.dcm "$out"/
   ;;
 network)
   if echo probe | nc -w 2 "$PROBE_HOST" "$PROBE_PORT"; then reached=true; else reached=false; fi

@@ -21,6 +21,11 @@ for path in sorted(in_dir.glob("*.dcm")):
     setattr(dataset, settings["tag"], str(dataset.get(settings["tag"], "")) + settings["append"])
     dataset.save_as(out_dir / path.name)
     modified.append({"file": path.name, "tags_sop": tags["SOPInstanceUID"]})
-result = {"modified": modified, "settings": settings, "task_id": task["id"], **settings.get("result", {})}
+result = {
+    "modified": modified,
+    "settings": settings,
+    "task_id": task["id"],
+    **settings.get("result", {}),
+}
 (out_dir / "result.json").write_text(json.dumps(result))
 print(f"modified {len(modified)} instances")
