@@ -229,6 +229,15 @@ class RulesEvaluated(StudyFact):
 
 
 @CATALOGUE.register
+class ReprocessRejected(StudyFact):
+    """A reprocessing request that cannot be carried out (unknown or purged series)."""
+
+    TYPE = "ReprocessRejected"
+    series_uid: str | None = None
+    reason: str
+
+
+@CATALOGUE.register
 class SeriesDiscarded(StudyFact):
     TYPE = "SeriesDiscarded"
     series_uid: str
@@ -300,26 +309,42 @@ class DispatchFailed(JobFact):
 
 @CATALOGUE.register
 class NotificationSent(JobFact):
+    """One channel of a notification job ("webhook", "email:<address>") accepted it."""
+
     TYPE = "NotificationSent"
     channel: str
     trigger: str
+    attempt: int = Field(default=1, ge=1)
 
 
 @CATALOGUE.register
 class NotificationFailed(JobFact):
+    """One channel of a notification job failed; `will_retry` says whether it is tried again."""
+
     TYPE = "NotificationFailed"
     channel: str
     trigger: str
     reason: str
     will_retry: bool
+    attempt: int = Field(default=1, ge=1)
+    next_attempt_at: datetime | None = None
 
 
 @CATALOGUE.register
 class BlobsPurged(StudyFact):
+    """The cleaner deleted a series' blobs (its instances and the outputs of its jobs).
+
+    A series with this fact cannot be reprocessed: its bytes are gone. `completion_ids` are the
+    completions whose blobs went; `reason` is "retention" or "emergency" (disk past its
+    watermark, retention and the off-peak window not waited for).
+    """
+
     TYPE = "BlobsPurged"
     series_uid: str
     blob_count: int
     bytes_freed: int
+    reason: Literal["retention", "emergency"] = "retention"
+    completion_ids: list[str] = Field(default_factory=list)
 
 
 # --- configuration (forever) ----------------------------------------------------------------------
@@ -490,3 +515,10 @@ class Notify(Command):
     series_uids: list[str] = Field(default_factory=list)
     completion_id: str = ""
     tags: Tags = Field(default_factory=dict)
+    attempt: int = Field(default=1, ge=1)
+    not_before: datetime | None = Field(
+        default=None, description="A retry: not to be sent before this moment."
+    )
+    channels: list[str] = Field(
+        default_factory=list, description="A retry: the channels still to send; empty: all."
+    )

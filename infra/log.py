@@ -305,7 +305,8 @@ class ConsumerLoop:
         self._consumer = Consumer(
             {
                 **client_config(settings),
-                "group.id": group_id,
+                # Groups carry the installation's prefix, like topics: clusters are shared.
+                "group.id": f"{settings.topic_prefix}{group_id}",
                 "auto.offset.reset": "earliest",
                 # Offsets are stored by hand after each effect; the client commits stored ones.
                 "enable.auto.commit": True,

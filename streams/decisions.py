@@ -318,3 +318,11 @@ def _triggers_at_decision(rule: Rule) -> list[str]:
     if rule.action == "notification" and rule.notification_trigger_completion:
         triggers.append("completion")
     return triggers
+
+
+def subject_of(payload: Payload) -> str:
+    """The envelope subject of a decision: a command's job, else its series or study."""
+    if isinstance(payload, Command):
+        return str(payload.job_id)  # type: ignore[attr-defined]
+    series_uid = getattr(payload, "series_uid", None)
+    return str(series_uid or getattr(payload, "study_uid", ""))

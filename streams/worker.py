@@ -29,6 +29,7 @@ Errors: none of its own; undecodable records go to the dead-letter topic (see `i
 """
 
 import asyncio
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +40,7 @@ from confluent_kafka import Consumer, TopicPartition
 from faust.types import TP
 from pydantic import Field
 
+from infra.blobstore import open_blob_store
 from infra.catalogue import (
     CATALOGUE,
     BlobReference,
@@ -50,8 +52,8 @@ from infra.catalogue import (
     StudyCompleted,
 )
 from infra.events import Envelope, Headers, Payload, UndecodableEvent, decode
-from infra.log import DeadLetter, EventProducer, client_config
-from infra.settings import LogSettings
+from infra.log import ConsumerLoop, DeadLetter, EventProducer, client_config
+from infra.settings import BlobSettings, LogSettings
 from infra.topics import CATALOGUE as TOPICS
 from infra.topics import Topic, topic_name
 from streams.completion import (
@@ -65,7 +67,8 @@ from streams.completion import (
     series_completed,
     study_completed,
 )
-from streams.decisions import decide_series, decide_study
+from streams.decisions import decide_series, decide_study, subject_of
+from streams.reprocess import Reprocessor
 from streams.view import ConfigView
 
 log = structlog.get_logger(__name__)
@@ -73,7 +76,7 @@ log = structlog.get_logger(__name__)
 PARTITIONS = next(spec.partitions for spec in TOPICS if spec.topic is Topic.INSTANCES)
 
 
-class StreamsSettings(LogSettings):
+class StreamsSettings(LogSettings, BlobSettings):
     """Settings of the streams worker (`TALARIA_STREAMS_*`, plus the log settings)."""
 
     streams_tick_s: float = Field(default=0.2, gt=0, le=1, description="Completion timer period.")
@@ -85,13 +88,6 @@ class StreamsSettings(LogSettings):
     streams_retire_after_s: float = Field(
         default=86_400, gt=0, description="Idle study records are forgotten after this long."
     )
-
-
-def _subject(payload: Payload) -> str:
-    if isinstance(payload, Command):
-        return str(payload.job_id)  # type: ignore[attr-defined]
-    series_uid = getattr(payload, "series_uid", None)
-    return str(series_uid or getattr(payload, "study_uid", ""))
 
 
 def _headers(message: faust.types.Message) -> Headers:
@@ -272,7 +268,7 @@ class Completions:
             }
             fact = study_completed(record, owed, parked)
         self._in_flight[flight] = record.partition
-        log.info("completion due", type=fact.TYPE, study=record.study_uid, subject=_subject(fact))
+        log.info("completion due", type=fact.TYPE, study=record.study_uid, subject=subject_of(fact))
         await self._publish([fact])
 
     async def _track_assignment(self) -> None:
@@ -354,9 +350,9 @@ class Completions:
 
     async def _publish(self, payloads: Sequence[Payload], *, cause: Envelope | None = None) -> None:
         envelopes = [
-            cause.caused(payload, source=self._source, subject=_subject(payload))
+            cause.caused(payload, source=self._source, subject=subject_of(payload))
             if cause is not None
-            else Envelope(payload=payload, source=self._source, subject=_subject(payload))
+            else Envelope(payload=payload, source=self._source, subject=subject_of(payload))
             for payload in payloads
         ]
         futures = [self._producer.publish_async(envelope) for envelope in envelopes]
@@ -364,7 +360,7 @@ class Completions:
             await asyncio.wrap_future(future)
         for payload in payloads:
             if isinstance(payload, Command | SeriesDiscarded):
-                log.info("decided", type=payload.TYPE, subject=_subject(payload))
+                log.info("decided", type=payload.TYPE, subject=subject_of(payload))
 
     async def _dead_letter(self, event: faust.EventT[bytes], *, reason: str) -> None:
         message = event.message
@@ -437,13 +433,29 @@ def build_app(
 
 
 def run(settings: StreamsSettings, *, name: str) -> None:
-    """Run one worker in the foreground until SIGTERM/SIGINT (SIGKILL is survived by design)."""
+    """Run one worker in the foreground until SIGTERM/SIGINT (SIGKILL is survived by design),
+    with the reprocessor beside it on a thread."""
     view = ConfigView(settings).start()
     producer = EventProducer(settings, client_id=f"streams-{name}")
+    store = open_blob_store(settings)
+    reprocessing = ConsumerLoop(
+        settings,
+        group_id=f"{settings.topic_prefix}streams.reprocess",
+        topics=[Topic.SERIES, Topic.OPERATIONS],
+        handle=Reprocessor(
+            store=store, producer=producer, configuration=lambda: view.config
+        ).handle,
+        producer=producer,
+    )
+    reprocessor = threading.Thread(target=reprocessing.run, name="reprocessor")
+    reprocessor.start()
     app = build_app(settings, view=view, producer=producer, source=f"streams/{name}")
     worker = faust.Worker(app, loglevel=settings.streams_log_level, quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
+        reprocessing.stop_requested.set()
+        reprocessor.join()
         producer.close()
+        store.close()
         view.stop()

@@ -108,6 +108,10 @@ class LogReader:
         """Payloads of one type, in the order read."""
         return [envelope.payload for envelope, _ in self.seen if isinstance(envelope.payload, kind)]
 
+    def envelopes(self, kind: type[Payload]) -> list[tuple[Envelope, float]]:
+        """Envelopes of one type with the broker's timestamps, in the order read."""
+        return [(e, at) for e, at in self.seen if isinstance(e.payload, kind)]
+
     def wait(
         self, condition: Callable[["LogReader"], bool], *, timeout_s: float, what: str
     ) -> None:

@@ -4,17 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-
 from infra.catalogue import (
-    CATALOGUE,
     BlobReference,
     InstanceReceived,
     ModuleSaved,
@@ -22,11 +17,12 @@ from infra.catalogue import (
     SettingsSaved,
     TargetSaved,
 )
-from infra.events import Envelope, Payload, decode
-from infra.log import EventProducer
+from infra.events import Envelope, Payload
 from infra.settings import LogSettings
-from infra.topics import Topic, topic_name
+from infra.topics import Topic
 from streams.config import SETTINGS_NAME
+from tests import support
+from tests.support import LogReader
 
 ROOT = Path(__file__).parents[2]
 DECISION_TOPICS = [topic for topic in Topic if topic.value.startswith("commands.")] + [Topic.SERIES]
@@ -69,70 +65,11 @@ def instance(study: str, series: str, number: int, **tags: str) -> Envelope:
     )
 
 
-class LogReader:
-    """Every record of the decision topics, read from the beginning on a background thread."""
-
-    def __init__(self, settings: LogSettings) -> None:
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": "reader",
-                "enable.auto.commit": False,
-            }
-        )
-        partitions = []
-        for topic in DECISION_TOPICS:
-            name = topic_name(topic, prefix=settings.topic_prefix)
-            meta = self._consumer.list_topics(name, timeout=10).topics[name]
-            partitions += [TopicPartition(name, p, 0) for p in meta.partitions]
-        self._consumer.assign(partitions)
-        self.seen: list[tuple[Envelope, float]] = []  # with the broker's timestamp (s)
-        self.failure: Exception | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            while not self._stop.is_set():
-                for message in self._consumer.consume(500, timeout=0.1):
-                    if message.error() is None:
-                        envelope = decode(message.value(), message.headers(), CATALOGUE)  # type: ignore[arg-type]
-                        self.seen.append((envelope, message.timestamp()[1] / 1000))
-        except Exception as error:
-            self.failure = error
-            raise
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._consumer.close()
-
-    def of(self, kind: type[Payload]) -> list[Any]:
-        return [envelope.payload for envelope, _ in self.seen if isinstance(envelope.payload, kind)]
-
-    def envelopes(self, kind: type[Payload]) -> list[tuple[Envelope, float]]:
-        return [(e, at) for e, at in self.seen if isinstance(e.payload, kind)]
-
-    def wait(
-        self, condition: Callable[["LogReader"], bool], *, timeout_s: float, what: str
-    ) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition(self):
-            if self.failure is not None:
-                raise self.failure
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-            time.sleep(0.05)
-
-
 @contextmanager
 def reading(settings: LogSettings) -> Iterator[LogReader]:
-    reader = LogReader(settings)
-    try:
+    """A reader of the decision topics from the beginning."""
+    with support.reading(settings, DECISION_TOPICS) as reader:
         yield reader
-    finally:
-        reader.close()
 
 
 class WorkerProcess:
@@ -146,6 +83,8 @@ class WorkerProcess:
             "TALARIA_CONSUMER_SESSION_TIMEOUT_MS": str(settings.consumer_session_timeout_ms),
             "TALARIA_CONSUMER_HEARTBEAT_MS": str(settings.consumer_heartbeat_ms),
             "TALARIA_CONSUMER_MAX_POLL_INTERVAL_MS": str(settings.consumer_max_poll_interval_ms),
+            "TALARIA_DATA_DIR": str(logfile.parent / "data"),
+            "TALARIA_BLOB_MIN_FREE_BYTES": "0",
         }
         self._log = logfile.open("ab")
         self.process = subprocess.Popen(
@@ -178,8 +117,3 @@ def workers(settings: LogSettings, logdir: Path, count: int = 1) -> Iterator[lis
     finally:
         for worker in started:
             worker.stop()
-
-
-def publish(settings: LogSettings, envelopes: list[Envelope]) -> None:
-    with EventProducer(settings, client_id="test") as producer:
-        producer.publish_all(envelopes)

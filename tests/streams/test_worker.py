@@ -19,16 +19,15 @@ from infra.settings import LogSettings
 from infra.topics import Lane, Topic, topic_name
 from tests.conftest import settings_for
 from tests.streams.harness import (
-    LogReader,
     instance,
     module_saved,
-    publish,
     reading,
     rule_saved,
     settings_saved,
     target_saved,
     workers,
 )
+from tests.support import LogReader, publish
 
 pytestmark = pytest.mark.integration
 
