@@ -1,5 +1,6 @@
 """`talaria kafka ...`, `talaria topics ...` and `talaria up`."""
 
+import signal
 import time
 
 import typer
@@ -8,7 +9,8 @@ from rich.table import Table
 
 from infra.admin import ensure_topics
 from infra.settings import BrokerSettings, LogSettings, load
-from infra.stack import local_broker, wait_for_shutdown_signal
+from infra.stack import docker_answers, local_broker, service_specs
+from infra.supervisor import Supervisor, read_states
 
 console = Console()
 kafka_app = typer.Typer(help="The local single-node Kafka broker.", no_args_is_help=True)
@@ -61,18 +63,53 @@ def topics_ensure(
 
 
 def up() -> None:
-    """Run the local stack in the foreground until Ctrl-C: the broker and the topics."""
+    """Run the whole local stack in the foreground until Ctrl-C or SIGTERM."""
     broker_settings = load(BrokerSettings)
-    broker = local_broker(broker_settings)
+    log_settings = load(LogSettings)
+    external = "kafka_bootstrap" in log_settings.model_fields_set
+    broker = None if external else local_broker(broker_settings)
     began = time.monotonic()
-    broker.start()
+    if broker is not None:
+        broker.start()
     try:
-        ensure_topics(load(LogSettings))
+        ensure_topics(log_settings)
+        with_processor = docker_answers()
+        if not with_processor:
+            console.print("No Docker engine answers: processing modules will not run.")
+        supervisor = Supervisor(
+            service_specs(with_processor=with_processor),
+            run_dir=broker_settings.data_dir / "run",
+        )
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: supervisor.stop_requested.set())
         console.print(
             f"Talaria is up in {time.monotonic() - began:.1f} s: Kafka on "
-            f"{broker.layout.bootstrap}, data in {broker_settings.data_dir}. Ctrl-C stops it."
+            f"{log_settings.kafka_bootstrap}, data in {broker_settings.data_dir}, "
+            f"service logs in {broker_settings.data_dir / 'run'}. Ctrl-C stops it."
         )
-        wait_for_shutdown_signal()
+        supervisor.run()
     finally:
-        console.print("Stopping Kafka...")
-        broker.stop()
+        if broker is not None:
+            console.print("Stopping Kafka...")
+            broker.stop()
+
+
+def status() -> None:
+    """Show the broker and each service of the local stack; exit code 1 if any is down."""
+    settings = load(BrokerSettings)
+    table = Table("service", "state", "pid", "restarts", "last exit")
+    pid = local_broker(settings).pid()
+    healthy = pid is not None
+    table.add_row("kafka", "running" if pid else "stopped", str(pid or ""), "", "")
+    for state in read_states(settings.data_dir / "run"):
+        healthy = healthy and state.state == "running"
+        table.add_row(
+            state.name,
+            state.state,
+            str(state.pid or ""),
+            str(state.restarts),
+            "" if state.last_exit is None else str(state.last_exit),
+        )
+    console.print(table)
+    if not healthy:
+        raise typer.Exit(1)

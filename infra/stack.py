@@ -1,14 +1,18 @@
-"""The local stack: a managed single-node broker plus the topic catalogue.
+"""The local stack: a managed single-node broker, the topic catalogue, and every service.
 
-`talaria up` grows into the supervisor of every service; today it runs the broker and ensures
-the topics, and stops the broker on Ctrl-C/SIGTERM.
+`talaria up` starts the broker (unless `TALARIA_KAFKA_BOOTSTRAP` names a cluster), ensures the
+topics, then supervises the receiver, the streams worker, the dispatcher, the processor (when a
+Docker engine answers), the notifier, the cleaner and the web UI with its embedded projector.
+Ctrl-C or SIGTERM stops the services in reverse order, then the broker.
 """
 
-import signal
-import threading
+import shutil
+import subprocess
+import sys
 
 from infra.kafka.broker import BrokerLayout, LocalBroker, fetch_jars
 from infra.settings import BrokerSettings
+from infra.supervisor import ServiceSpec
 
 
 def local_broker(settings: BrokerSettings) -> LocalBroker:
@@ -23,9 +27,29 @@ def local_broker(settings: BrokerSettings) -> LocalBroker:
     )
 
 
-def wait_for_shutdown_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+def docker_answers() -> bool:
+    """Whether a Docker engine answers (modules need one)."""
+    if shutil.which("docker") is None:
+        return False
+    result = subprocess.run(["docker", "version"], capture_output=True, check=False, timeout=20)
+    return result.returncode == 0
+
+
+def service_specs(*, with_processor: bool) -> list[ServiceSpec]:
+    """Every service of the local stack, in start order (the UI last: it needs the others'
+    events to show anything)."""
+    talaria = [sys.executable, "-m", "ui"]
+    services = [
+        ("receiver", "ingest"),
+        ("streams", "streams"),
+        ("dispatcher", "dispatch"),
+        ("processor", "process"),
+        ("notifier", "notify"),
+        ("cleaner", "cleanup"),
+        ("ui", "ui"),
+    ]
+    return [
+        ServiceSpec(name=name, command=[*talaria, group, "run"])
+        for name, group in services
+        if with_processor or name != "processor"
+    ]

@@ -6,11 +6,12 @@ import typer
 
 from executors.dispatch.cli import dispatch_app
 from executors.processing.cli import process_app
-from infra.cli import kafka_app, topics_app, up
+from infra.cli import kafka_app, status, topics_app, up
 from infra.errors import TalariaError
 from ingest.cli import ingest_app
 from projections.cli import projections_app, sql
 from streams.cli import config_app, streams_app
+from ui.commands import ui_app
 
 app = typer.Typer(
     name="talaria",
@@ -24,10 +25,12 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(dispatch_app, name="dispatch")
 app.add_typer(process_app, name="process")
 app.command("up")(up)
+app.command("status")(status)
 app.add_typer(projections_app, name="projections")
 app.command("sql")(sql)
 app.add_typer(config_app, name="config")
 app.add_typer(streams_app, name="streams")
+app.add_typer(ui_app, name="ui")
 
 
 def main() -> None:
