@@ -25,8 +25,8 @@ def test_services_restart_with_backoff_and_stop_in_reverse_order(tmp_path: Path)
     thread.start()
     try:
         wait_for(
-            lambda: (
-                next(s for s in read_states(tmp_path / "run") if s.name == "crasher").restarts >= 2
+            lambda: any(
+                s.name == "crasher" and s.restarts >= 2 for s in read_states(tmp_path / "run")
             ),
             timeout_s=20,
             what="two restarts of the crashing service",
