@@ -354,6 +354,17 @@ class FolderBlobStore:
             raise BlobStoreUnavailable(f"cannot delete {key.path}: {exc}") from exc
         return True
 
+    def prune_empty_folders(self, key: BlobKey) -> None:
+        """Remove the folders above ``key`` that are empty now, up to the root (the cleaner's
+        step after deleting; a writer racing it gets a transient error and retries)."""
+        folder = self._path(key).parent
+        while folder != self._root:
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty, already gone, or not ours to remove
+            folder = folder.parent
+
     def list(self, prefix: str | BlobKey) -> Iterator[str]:
         """Keys under ``prefix`` in lexicographic order, walking folders lazily."""
         segments = _prefix_segments(prefix)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, JsonValue
 
 from infra.events import Catalogue, Payload, Value
-from infra.topics import CommandKind, Lane, Topic, command_topic
+from infra.topics import CommandKind, Lane, Topic, command_topic, retry_topic
 
 CATALOGUE = Catalogue()
 
@@ -107,6 +107,19 @@ class Command(Payload):
 
     def partition_key(self) -> str:
         return self.study_uid
+
+
+class RetriableCommand(Command):
+    """A command an executor schedules again after a transient failure: the retry waits on
+    its kind's retry topic until `not_before`."""
+
+    attempt: int = Field(default=1, ge=1)
+    not_before: datetime | None = Field(
+        default=None, description="A retry: not to be carried out before this moment."
+    )
+
+    def topic(self) -> Topic:
+        return retry_topic(self.KIND) if self.not_before is not None else super().topic()
 
 
 # --- intake ------------------------------------------------------------------------------------
@@ -479,7 +492,7 @@ class ProcessSeries(Command):
 
 
 @CATALOGUE.register
-class DispatchSeries(Command):
+class DispatchSeries(RetriableCommand):
     """Send the inputs to one target; `rules` are all the rules that chose this target."""
 
     TYPE = "DispatchSeries"
@@ -492,18 +505,10 @@ class DispatchSeries(Command):
     tags: Tags = Field(default_factory=dict)
     rules: list[str] = Field(default_factory=list)
     completion_id: str = ""
-    attempt: int = Field(default=1, ge=1)
-    not_before: datetime | None = Field(
-        default=None, description="A retry: not to be sent before this moment."
-    )
-
-    def topic(self) -> Topic:
-        """Retries wait on their own topic so that they hold up no first attempt."""
-        return Topic.DISPATCH_RETRY if self.not_before is not None else super().topic()
 
 
 @CATALOGUE.register
-class Notify(Command):
+class Notify(RetriableCommand):
     """Send a rule's notification for `trigger` ("reception", "completion", ...)."""
 
     TYPE = "Notify"
@@ -515,10 +520,6 @@ class Notify(Command):
     series_uids: list[str] = Field(default_factory=list)
     completion_id: str = ""
     tags: Tags = Field(default_factory=dict)
-    attempt: int = Field(default=1, ge=1)
-    not_before: datetime | None = Field(
-        default=None, description="A retry: not to be sent before this moment."
-    )
     channels: list[str] = Field(
         default_factory=list, description="A retry: the channels still to send; empty: all."
     )

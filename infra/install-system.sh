@@ -7,6 +7,7 @@ packages=(
   dcmtk orthanc orthanc-dicomweb          # independent DICOM peers in tests and benchmarks
   openssh-server openssh-client rsync     # SFTP and rsync targets in tests
   docker.io debootstrap busybox-static    # processing modules and their offline test images
+  docker-compose                          # checks infra/deploy/compose.yaml
   openssl
 )
 missing=()

@@ -7,8 +7,10 @@ Ctrl-C or SIGTERM stops the services in reverse order, then the broker.
 """
 
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 
 from infra.kafka.broker import BrokerLayout, LocalBroker, fetch_jars
 from infra.settings import BrokerSettings
@@ -53,3 +55,11 @@ def service_specs(*, with_processor: bool) -> list[ServiceSpec]:
         for name, group in services
         if with_processor or name != "processor"
     ]
+
+
+def wait_for_shutdown_signal() -> None:
+    """Block until SIGINT or SIGTERM (services that run in the foreground)."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()

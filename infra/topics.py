@@ -33,6 +33,7 @@ class Topic(StrEnum):
     NOTIFY_NORMAL = "commands.notify.normal"
     NOTIFY_OFFPEAK = "commands.notify.offpeak"
     DISPATCH_RETRY = "commands.dispatch.retry"
+    NOTIFY_RETRY = "commands.notify.retry"
 
 
 class Lane(StrEnum):
@@ -47,6 +48,11 @@ class CommandKind(StrEnum):
     PROCESS = "process"
     DISPATCH = "dispatch"
     NOTIFY = "notify"
+
+
+def retry_topic(kind: CommandKind) -> Topic:
+    """The topic where scheduled retries of `kind` wait, so that they hold up no lane."""
+    return Topic(f"commands.{kind.value}.retry")
 
 
 def command_topic(kind: CommandKind, lane: Lane) -> Topic:
@@ -82,6 +88,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     _spec(Topic.OPERATIONS, 1, "subject", keep_forever=True),
     _spec(Topic.DEADLETTER, 1, "original key", keep_forever=True),
     _spec(Topic.DISPATCH_RETRY, 6, "StudyInstanceUID"),
+    _spec(Topic.NOTIFY_RETRY, 6, "StudyInstanceUID"),
     *(
         _spec(command_topic(kind, lane), 6, "StudyInstanceUID")
         for kind in CommandKind

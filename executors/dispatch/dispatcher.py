@@ -17,8 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +29,7 @@ from executors.dispatch import DispatchError, TargetMisconfigured
 from executors.dispatch.staging import stage
 from executors.dispatch.target import Batch, Delivery
 from executors.dispatch.targets import open_target
+from executors.retry import RetryPolicy
 from executors.service import ExecutorSettings
 from infra.blobstore import BlobKey, BlobStore, blob_key
 from infra.catalogue import (
@@ -65,22 +65,6 @@ class DispatchSettings(ExecutorSettings):
     retry_first_delay_s: float = Field(default=60.0, ge=0)
     retry_max_delay_s: float = Field(default=900.0, ge=0)
     dispatch_metrics_port: int = Field(default=0, ge=0, le=65535, description="0: no /metrics.")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """Exponential backoff with a cap, up to a number of attempts."""
-
-    max_attempts: int = 5
-    first_delay_s: float = 60.0
-    max_delay_s: float = 900.0
-
-    def next_attempt(self, attempt: int, *, now: datetime) -> datetime | None:
-        """When attempt `attempt + 1` may run, or None when `attempt` was the last."""
-        if attempt >= self.max_attempts:
-            return None
-        delay = min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s)
-        return now + timedelta(seconds=delay)
 
 
 class Controls(Protocol):

@@ -2,8 +2,9 @@
 
 from prometheus_client import start_http_server
 
-from executors.dispatch.dispatcher import Dispatcher, DispatchSettings, RetryPolicy
+from executors.dispatch.dispatcher import Dispatcher, DispatchSettings
 from executors.lanes import OffPeakWindow, PriorityGate, lane_consumers
+from executors.retry import RetryPolicy
 from executors.service import ExecutorService
 from infra.events import Envelope
 from infra.log import ConsumerLoop
