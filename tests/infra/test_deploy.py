@@ -7,7 +7,15 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
+from executors.cleanup.cleaner import CleanupSettings
+from executors.dispatch.dispatcher import DispatchSettings
+from executors.notify.notifier import NotifySettings
+from executors.processing.settings import ProcessorSettings
+from ingest.settings import IngestSettings
+from projections.settings import ProjectionSettings
+from streams.worker import StreamsSettings
 from ui.cli import app
+from ui.settings import UiSettings
 
 ROOT = Path(__file__).parents[2]
 COMPOSE = ROOT / "infra" / "deploy" / "compose.yaml"
@@ -17,7 +25,7 @@ REQUIRED = {
     "TALARIA_S3_ACCESS_KEY_ID": "key",
     "TALARIA_S3_SECRET_ACCESS_KEY": "secret",
     "TALARIA_CLICKHOUSE_URL": "https://talaria:pw@clickhouse:8443/talaria",
-    "TALARIA_UI_SECRET_KEY": "a-long-random-secret",
+    "TALARIA_SECRET_KEY": "a-long-random-secret-of-at-least-32-characters",
 }
 
 
@@ -56,3 +64,21 @@ def test_every_service_command_exists() -> None:
     for command in sorted(commands):
         result = CliRunner().invoke(app, [*command, "--help"])
         assert result.exit_code == 0, f"talaria {' '.join(command)}: {result.output}"
+
+
+def test_every_variable_the_compose_file_sets_is_a_setting_some_service_reads() -> None:
+    known: set[str] = set()
+    for settings in (
+        IngestSettings,
+        StreamsSettings,
+        DispatchSettings,
+        ProcessorSettings,
+        NotifySettings,
+        CleanupSettings,
+        ProjectionSettings,
+        UiSettings,
+    ):
+        known |= {f"TALARIA_{name.upper()}" for name in settings.model_fields}
+    services = yaml.safe_load(compose_config(REQUIRED).stdout)["services"]
+    used = {name for service in services.values() for name in service["environment"]}
+    assert used - known == set()
