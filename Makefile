@@ -9,7 +9,7 @@ up: system install
 	$(BIN)/talaria up
 
 test: system install lint
-	$(BIN)/pytest -p no:cacheprovider -q -rs
+	bash infra/isolated.sh $(BIN)/pytest -p no:cacheprovider -q -rs
 
 lint: install
 	$(BIN)/ruff check .

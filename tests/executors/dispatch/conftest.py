@@ -147,6 +147,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
                 "IndexDirectory": str(tmp_path / "orthanc-storage"),
                 "HttpPort": http_port,
                 "DicomPort": dicom_port,
+                "DicomServerEnabled": False,
                 "RemoteAccessAllowed": False,
                 "AuthenticationEnabled": False,
                 "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
