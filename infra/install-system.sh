@@ -9,6 +9,7 @@ packages=(
   docker.io debootstrap busybox-static    # processing modules and their offline test images
   docker-compose                          # checks infra/deploy/compose.yaml
   openssl
+  chromium                                # browser tests of the web UI
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -4,7 +4,9 @@ import sys
 
 import typer
 
+from executors.cleanup.cli import cleanup_app
 from executors.dispatch.cli import dispatch_app
+from executors.notify.cli import notify_app
 from executors.processing.cli import process_app
 from infra.cli import kafka_app, status, topics_app, up
 from infra.errors import TalariaError
@@ -24,6 +26,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(dispatch_app, name="dispatch")
 app.add_typer(process_app, name="process")
+app.add_typer(notify_app, name="notify")
+app.add_typer(cleanup_app, name="cleanup")
 app.command("up")(up)
 app.command("status")(status)
 app.add_typer(projections_app, name="projections")

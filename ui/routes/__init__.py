@@ -1,0 +1,1 @@
+"""One router module per resource; each serves its pages and its JSON API under `/api`."""
