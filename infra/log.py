@@ -344,16 +344,20 @@ class ConsumerLoop:
         return False
 
     def _process(self, records: list[Message]) -> None:
-        applied = threading.Event()
+        outcome: list[BaseException | None] = []
         worker = threading.Thread(
-            target=self._apply, args=(records, applied), name="consumer-handler"
+            target=self._apply, args=(records, outcome), name="consumer-handler"
         )
         worker.start()
         while worker.is_alive():
             self._keep_alive()
             worker.join(0.05)
-        if not applied.is_set():
+        if not outcome:
             return  # stopped while retrying: these records are redone after the restart
+        if outcome[0] is not None:
+            # A flush that failed for good: stop here rather than let later offsets pass
+            # over this batch. The service dies loudly and redoes the batch on restart.
+            raise outcome[0]
         for record in records:
             try:
                 self._consumer.store_offsets(message=record)
@@ -361,7 +365,9 @@ class ConsumerLoop:
                 # Revoked while handling: the new owner redoes it (at-least-once).
                 log.info("partition revoked during handling", group=self._group_id)
 
-    def _apply(self, records: list[Message], applied: threading.Event) -> None:
+    def _apply(self, records: list[Message], outcome: list[BaseException | None]) -> None:
+        """Handle the batch; `outcome` gets None when done, the error when a flush failed for
+        good, and stays empty when a stop interrupted a retry."""
         try:
             for record in records:
                 self._handle_one(record)
@@ -369,7 +375,10 @@ class ConsumerLoop:
                 self._retry_until_done(self._flush, what="flush")
         except TransientError:
             return  # only raised once a stop was requested
-        applied.set()
+        except Exception as error:  # a permanent flush failure, handed to the polling thread
+            outcome.append(error)
+            return
+        outcome.append(None)
 
     def _keep_alive(self) -> None:
         """Poll with every partition paused: heartbeats and rebalances, no new records."""

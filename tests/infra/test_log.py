@@ -307,3 +307,37 @@ def test_a_paused_loop_fetches_nothing_until_it_is_resumed(
         assert handled == []
         paused.clear()
         wait_for(lambda: len(handled) == 5, timeout_s=30, what="events after resuming")
+
+
+def test_a_flush_that_fails_for_good_stops_the_loop_without_skipping_the_batch(
+    log_settings: LogSettings, producer: EventProducer
+) -> None:
+    producer.publish_all([started(1), started(2)])
+    buffered: list[str] = []
+
+    def broken_flush() -> None:
+        raise ValueError("the table is gone")
+
+    def remember(envelope: Envelope) -> None:
+        buffered.append(envelope.payload.job_id)  # type: ignore[attr-defined]
+
+    failing = ConsumerLoop(
+        log_settings,
+        group_id="flushing",
+        topics=[Topic.JOBS],
+        handle=remember,
+        flush=broken_flush,
+        producer=producer,
+    )
+    with pytest.raises(ValueError, match="the table is gone"):
+        failing.run()
+    again: list[Envelope] = []
+    healthy = ConsumerLoop(
+        log_settings,
+        group_id="flushing",
+        topics=[Topic.JOBS],
+        handle=again.append,
+        producer=producer,
+    )
+    with Collected(healthy):
+        wait_for(lambda: len(again) == 2, timeout_s=30, what="the batch redone")

@@ -181,10 +181,13 @@ AssociationSocket._shutdown_socket = _shutdown_and_close  # type: ignore[method-
 
 
 def _send_without_delay(association: Association) -> None:
-    """Disable Nagle: many small PDUs otherwise wait for delayed ACKs (measured 4x slower)."""
+    """Disable Nagle (many small PDUs otherwise wait for delayed ACKs, measured 4x slower),
+    and let pynetdicom's DUL reactor nap 0.1 ms instead of 1 ms whenever its queue is
+    momentarily empty, which it is between every two of a series' thousands of PDUs."""
     transport = association.dul.socket
     if transport is not None and transport.socket is not None:
         transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    association.dul._run_loop_delay = 0.0001
 
 
 def _chunks_by_context(instances: list[StagedInstance]) -> Iterator[list[StagedInstance]]:
