@@ -102,10 +102,6 @@ class BlobSettings(TalariaSettings):
             values = {**values, "blob_dir": Path(data_dir) / "blobs"}
         return values
 
-    @property
-    def blob_root(self) -> Path:
-        return self.blob_dir
-
 
 def load(settings_class: type[S]) -> S:
     """Read and validate settings; raise `SettingsInvalid` naming each bad variable."""

@@ -80,10 +80,10 @@ def disk_space(services: Services) -> DiskSpace:
     if settings.blob_store != "folder":
         return DiskSpace(where=f"S3 bucket {settings.s3_bucket}", free_bytes=None, total_bytes=None)
     try:
-        usage = shutil.disk_usage(settings.blob_root)
+        usage = shutil.disk_usage(settings.blob_dir)
     except OSError:
-        return DiskSpace(where=str(settings.blob_root), free_bytes=None, total_bytes=None)
-    return DiskSpace(where=str(settings.blob_root), free_bytes=usage.free, total_bytes=usage.total)
+        return DiskSpace(where=str(settings.blob_dir), free_bytes=None, total_bytes=None)
+    return DiskSpace(where=str(settings.blob_dir), free_bytes=usage.free, total_bytes=usage.total)
 
 
 def activity(services: Services, *, hours: int = 24) -> list[Row]:

@@ -1,0 +1,453 @@
+"""C-STORE receive throughput: Talaria's receiver beside Orthanc and DCMTK's storescp.
+
+The same data sets go from DCMTK's `storescu` (TCP_NODELAY on, as in every DICOM process here)
+to each receiver in turn, interleaved in one run with the order rotating every repetition, so
+the ratios come out of the same noise. Every receiver is started fresh for each measurement and
+stores what it gets: Talaria into its blob folder with an event per instance on a local
+single-node Kafka broker started by this script (`talaria`: answered once the event is in the
+fsynced intake journal, the default; `talaria-broker`: answered once the broker acknowledged
+it), Orthanc 1.10 (Debian) with its default fsync per file, storescp writing files (no fsync).
+Elapsed is storescu's wall time, from association request to release; peak RSS is VmHWM of the
+receiver's processes (Kafka not counted).
+
+Data (generated once with pydicom, cached in --work): `ct` = 2 series x 250 CT images
+512x512 16-bit (~526 kB each), `small` = 4 series x 250 images 64x64 (~10 kB each).
+
+Storescp and Orthanc bind every interface, so the run happens in a private network namespace
+with only loopback (`unshare --net`, root), as the reference harness did.
+
+Usage (from the repository root, as root):
+    .venv/bin/python -m bench.ingest [--reps 3] [--senders 1,4] [--datasets ct,small]
+"""
+
+import argparse
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from infra.admin import ensure_topics
+from infra.kafka.broker import BrokerLayout, LocalBroker, fetch_jars
+from infra.settings import BrokerSettings, LogSettings
+
+STORESCU = "/usr/bin/storescu"
+STORESCP = "/usr/bin/storescp"
+ORTHANC = "/usr/sbin/Orthanc"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+DATASETS = {
+    "ct": {"series": 2, "instances": 250, "rows": 512},
+    "small": {"series": 4, "instances": 250, "rows": 64},
+}
+PORT = 11112
+DCMTK_ENV = {"TCP_NODELAY": "1"}
+
+
+@dataclass(frozen=True)
+class Result:
+    receiver: str
+    dataset: str
+    senders: int
+    rep: int
+    count: int
+    megabytes: float
+    elapsed_s: float
+    delivered: int
+    peak_rss_mb: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.elapsed_s
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def make_dataset(folder: Path, *, series: int, instances: int, rows: int) -> list[Path]:
+    """A deterministic study as Explicit VR Little Endian files, cached in `folder`."""
+    manifest = folder / "manifest.json"
+    if manifest.exists():
+        return [folder / name for name in json.loads(manifest.read_text())]
+    rng = random.Random(42)
+    study = f"2.25.{uuid.uuid4().int}"
+    files = []
+    for s in range(1, series + 1):
+        series_uid = f"2.25.{uuid.uuid4().int}"
+        slices = [rng.randbytes(rows * rows * 2) for _ in range(8)]
+        for i in range(1, instances + 1):
+            path = folder / f"s{s:03d}" / f"i{i:04d}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds = instance(study, series_uid, s, i, rows=rows, pixels=slices[i % 8])
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+    manifest.write_text(json.dumps([str(p.relative_to(folder)) for p in files]))
+    return files
+
+
+def instance(study: str, series: str, s: int, i: int, *, rows: int, pixels: bytes) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"
+    ds.StudyDate = ds.SeriesDate = "20240314"
+    ds.Modality = "CT"
+    ds.Manufacturer = "BenchCo"
+    ds.InstitutionName = "Bench General Hospital"
+    ds.StudyDescription = "CT CHEST ABDOMEN PELVIS"
+    ds.SeriesDescription = f"AXIAL SERIES {s}"
+    ds.PatientName = "Synthetic^Patient"
+    ds.PatientID = "BENCH0001"
+    ds.PatientBirthDate = "19600101"
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = "CHEST"
+    ds.SliceThickness = "1.0"
+    ds.ProtocolName = "CAP"
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.StudyID = "1"
+    ds.SeriesNumber = s
+    ds.InstanceNumber = i
+    ds.ImagePositionPatient = [-180.0, -180.0, -float(i)]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = rows
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels
+    return ds
+
+
+# --- receivers ------------------------------------------------------------------------------
+
+
+class Receiver:
+    """One receiver under test: start it fresh, count what it stored, stop it."""
+
+    name = ""
+    aet = ""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.store = work / "store" / self.name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **DCMTK_ENV}
+
+    def start(self) -> None:
+        shutil.rmtree(self.store, ignore_errors=True)
+        self.store.mkdir(parents=True)
+        log = (self.work / f"{self.name}.log").open("ab")
+        self.process = subprocess.Popen(
+            self.command(), env=self.environment(), stdout=log, stderr=log, start_new_session=True
+        )
+        wait_listening(PORT, self.process)
+
+    def delivered(self) -> int:
+        return sum(1 for p in self.store.rglob("*") if p.is_file() and p.stat().st_size > 1024)
+
+    def peak_rss_mb(self) -> float:
+        assert self.process is not None
+        return sum(vm_hwm_kb(pid) for pid in process_tree(self.process.pid)) / 1024
+
+    def stop(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class Storescp(Receiver):
+    name = "storescp"
+    aet = "STORESCP"
+
+    def command(self) -> list[str]:
+        return [STORESCP, "--fork", "-aet", self.aet, "-od", str(self.store), str(PORT)]
+
+
+class Orthanc(Receiver):
+    name = "orthanc"
+    aet = "ORTHANC"
+
+    def command(self) -> list[str]:
+        config = self.work / "orthanc.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "Name": "bench",
+                    "StorageDirectory": str(self.store),
+                    "IndexDirectory": str(self.store),
+                    "DicomAet": self.aet,
+                    "DicomPort": PORT,
+                    "HttpPort": PORT + 1,
+                    "RemoteAccessAllowed": False,
+                    "DicomCheckCalledAet": False,
+                    "StorageCompression": False,
+                    "Plugins": [],
+                }
+            )
+        )
+        return [ORTHANC, str(config)]
+
+    def delivered(self) -> int:
+        index_files = {"index", "index-wal", "index-shm"}
+        return sum(1 for p in self.store.rglob("*") if p.is_file() and p.name not in index_files)
+
+
+class Talaria(Receiver):
+    """Talaria as configured by default: answers once the event is journaled."""
+
+    name = "talaria"
+    aet = "TALARIA"
+    ack_after = "journal"
+
+    def __init__(self, work: Path, bootstrap: str) -> None:
+        super().__init__(work)
+        self.bootstrap = bootstrap
+        self.prefix = ""
+
+    def start(self) -> None:
+        self.prefix = f"b{uuid.uuid4().hex[:8]}."
+        shutil.rmtree(self.journal, ignore_errors=True)
+        ensure_topics(LogSettings(kafka_bootstrap=self.bootstrap, topic_prefix=self.prefix))
+        super().start()
+
+    @property
+    def journal(self) -> Path:
+        return self.store.with_name(f"{self.name}-journal")
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "ingest", "run"]
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "TALARIA_KAFKA_BOOTSTRAP": self.bootstrap,
+            "TALARIA_TOPIC_PREFIX": self.prefix,
+            "TALARIA_BLOB_DIR": str(self.store),
+            "TALARIA_BLOB_MIN_FREE_BYTES": "0",
+            "TALARIA_DICOM_PORT": str(PORT),
+            "TALARIA_AE_TITLE": self.aet,
+            "TALARIA_METRICS_PORT": str(PORT + 2),
+            "TALARIA_JOURNAL_DIR": str(self.journal),
+            "TALARIA_ACK_AFTER": self.ack_after,
+        }
+
+
+class TalariaBrokerAck(Talaria):
+    """Talaria answering each C-STORE only once the broker acknowledged its event."""
+
+    name = "talaria-broker"
+    ack_after = "broker"
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"receiver exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {timeout_s} s")
+
+
+def process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [pid]
+    if children.exists():
+        for child in children.read_text().split():
+            found += process_tree(int(child))
+    return found
+
+
+def vm_hwm_kb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+# --- one measurement ------------------------------------------------------------------------
+
+
+def send(receiver: Receiver, files: list[Path], senders: int) -> float:
+    """storescu x `senders` in parallel, each a contiguous share; wall time of them all."""
+    shares = [files[n::senders] for n in range(senders)]
+    began = time.perf_counter()
+    processes = [
+        subprocess.Popen(
+            [STORESCU, "-aec", receiver.aet, "127.0.0.1", str(PORT), *map(str, share)],
+            env={**os.environ, **DCMTK_ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for share in shares
+    ]
+    failures = [p.stderr.read() for p in processes if p.wait() != 0 and p.stderr]  # type: ignore[union-attr]
+    elapsed = time.perf_counter() - began
+    if failures:
+        raise RuntimeError(f"{receiver.name}: storescu failed: {failures[0][-500:]!r}")
+    return elapsed
+
+
+def measure(
+    receiver: Receiver, *, dataset: str, files: list[Path], senders: int, rep: int
+) -> Result:
+    receiver.start()
+    try:
+        elapsed = send(receiver, files, senders)
+        time.sleep(0.2)
+        rss = receiver.peak_rss_mb()
+    finally:
+        receiver.stop()
+    return Result(
+        receiver=receiver.name,
+        dataset=dataset,
+        senders=senders,
+        rep=rep,
+        count=len(files),
+        megabytes=sum(p.stat().st_size for p in files) / 1e6,
+        elapsed_s=elapsed,
+        delivered=receiver.delivered(),
+        peak_rss_mb=rss,
+    )
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@contextmanager
+def kafka(work: Path) -> Iterator[str]:
+    layout = BrokerLayout(home=work / "kafka", port=free_port(), controller_port=free_port())
+    broker = LocalBroker(layout, libs=fetch_jars(BrokerSettings().kafka_cache_dir))
+    broker.start()
+    try:
+        yield layout.bootstrap
+    finally:
+        broker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run(args: argparse.Namespace) -> list[Result]:
+    work = Path(args.work).resolve()
+    data = {name: make_dataset(work / "data" / name, **DATASETS[name]) for name in args.datasets}
+    results: list[Result] = []
+    with kafka(work) as bootstrap:
+        available: dict[str, Receiver] = {
+            "talaria": Talaria(work, bootstrap),
+            "talaria-broker": TalariaBrokerAck(work, bootstrap),
+            "orthanc": Orthanc(work),
+            "storescp": Storescp(work),
+        }
+        receivers = [available[name] for name in args.receivers]
+        for rep in range(args.reps):
+            order = receivers[rep % len(receivers) :] + receivers[: rep % len(receivers)]
+            for dataset, files in data.items():
+                for senders in args.senders:
+                    for receiver in order:
+                        result = measure(
+                            receiver, dataset=dataset, files=files, senders=senders, rep=rep
+                        )
+                        results.append(result)
+                        print(json.dumps(asdict(result)), flush=True)
+    return results
+
+
+def report(results: list[Result]) -> str:
+    """Median instances/s and MB/s per receiver, with Talaria's ratios to the others."""
+    rows = [
+        "| data set | senders | receiver | inst/s | MB/s | peak RSS MB | delivered | "
+        "Talaria / this |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cells = sorted({(r.dataset, r.senders) for r in results})
+    for dataset, senders in cells:
+        group = [r for r in results if (r.dataset, r.senders) == (dataset, senders)]
+        medians = {
+            name: statistics.median(r.per_second for r in group if r.receiver == name)
+            for name in dict.fromkeys(r.receiver for r in group)
+        }
+        for name, rate in medians.items():
+            mine = [r for r in group if r.receiver == name]
+            megabytes = rate * mine[0].megabytes / mine[0].count
+            ratio = medians.get("talaria", 0) / rate
+            rows.append(
+                f"| {dataset} | {senders} | {name} | {rate:.0f} | {megabytes:.1f} | "
+                f"{max(r.peak_rss_mb for r in mine):.0f} | "
+                f"{min(r.delivered for r in mine)}/{mine[0].count} | {ratio:.2f} |"
+            )
+    return "\n".join(rows)
+
+
+def in_private_network(argv: list[str]) -> None:
+    """Re-run this script in a network namespace with only loopback (receivers bind 0.0.0.0)."""
+    script = f"ip link set lo up && exec {shlex.join(argv)}"
+    os.execvp("unshare", ["unshare", "--net", "sh", "-c", script])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "talaria-bench-ingest"))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--datasets", type=lambda t: t.split(","), default=["ct", "small"])
+    parser.add_argument("--senders", type=lambda t: [int(n) for n in t.split(",")], default=[1, 4])
+    parser.add_argument(
+        "--receivers",
+        type=lambda t: t.split(","),
+        default=["talaria", "talaria-broker", "orthanc", "storescp"],
+    )
+    parser.add_argument("--no-netns", action="store_true", help="already isolated")
+    parser.add_argument("--results", help="also write the JSON lines here")
+    args = parser.parse_args()
+    if not args.no_netns:
+        in_private_network([sys.executable, "-m", "bench.ingest", *sys.argv[1:], "--no-netns"])
+    results = run(args)
+    if args.results:
+        Path(args.results).write_text("".join(json.dumps(asdict(r)) + "\n" for r in results))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()

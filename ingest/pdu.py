@@ -1,0 +1,243 @@
+"""DICOM upper layer PDUs (PS3.8 §9.3): decoding what a peer sends, encoding our answers.
+
+Only what an acceptor needs: A-ASSOCIATE-RQ in; A-ASSOCIATE-AC/RJ, P-DATA-TF, A-RELEASE-RP and
+A-ABORT out; P-DATA-TF, A-RELEASE-RQ and A-ABORT in. Every length read from the wire is checked
+against the bytes present; anything malformed is a `ProtocolViolation`.
+"""
+
+import asyncio
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+from ingest.errors import ProtocolViolation
+
+APPLICATION_CONTEXT: Final = "1.2.840.10008.3.1.1.1"  # PS3.7 Annex A.2.1
+PDV_HEADER_BYTES: Final = 6
+
+
+class PduType(IntEnum):
+    ASSOCIATE_RQ = 0x01
+    ASSOCIATE_AC = 0x02
+    ASSOCIATE_RJ = 0x03
+    P_DATA_TF = 0x04
+    RELEASE_RQ = 0x05
+    RELEASE_RP = 0x06
+    ABORT = 0x07
+
+
+class ContextResult(IntEnum):
+    """Presentation context results (PS3.8 §9.3.3.2)."""
+
+    ACCEPTANCE = 0
+    USER_REJECTION = 1
+    NO_REASON = 2
+    ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+    TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+
+class AbortReason(IntEnum):
+    """A-ABORT reasons when the service provider aborts (PS3.8 §9.3.8)."""
+
+    NOT_SPECIFIED = 0
+    UNRECOGNIZED_PDU = 1
+    UNEXPECTED_PDU = 2
+    INVALID_PARAMETER = 6
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProposedContext:
+    id: int
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssociateRequest:
+    """The parts of an A-ASSOCIATE-RQ an acceptor decides on (PS3.8 §9.3.2)."""
+
+    protocol_version: int
+    called_aet: str
+    calling_aet: str
+    application_context: str
+    contexts: tuple[ProposedContext, ...]
+    max_pdu: int  # 0: no limit
+    implementation_class_uid: str
+    implementation_version_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContextAnswer:
+    id: int
+    result: ContextResult
+    transfer_syntax: str
+
+
+@dataclass(frozen=True)
+class Pdv:
+    """One presentation data value item of a P-DATA-TF (PS3.8 §9.3.5.1, Annex E.2)."""
+
+    context_id: int
+    is_command: bool
+    is_last: bool
+    data: memoryview
+
+
+async def read_pdu(reader: asyncio.StreamReader, *, max_length: int) -> tuple[int, bytes]:
+    """The next PDU's type and body; `ProtocolViolation` if it exceeds `max_length`."""
+    head = await reader.readexactly(6)
+    pdu_type, length = head[0], struct.unpack_from(">I", head, 2)[0]
+    if length > max_length:
+        raise ProtocolViolation(f"PDU of {length} bytes exceeds our limit of {max_length}")
+    return pdu_type, await reader.readexactly(length)
+
+
+def decode_associate_rq(body: bytes) -> AssociateRequest:
+    """Parse an A-ASSOCIATE-RQ body (after the 6-byte PDU header)."""
+    if len(body) < 68:
+        raise ProtocolViolation("A-ASSOCIATE-RQ shorter than its fixed fields")
+    (version,) = struct.unpack_from(">H", body, 0)
+    application_context = ""
+    contexts: list[ProposedContext] = []
+    user_items: dict[int, bytes] = {}
+    for item_type, value in _items(body, 68):
+        if item_type == 0x10:
+            application_context = _text(value)
+        elif item_type == 0x20:
+            contexts.append(_proposed_context(value))
+        elif item_type == 0x50:
+            user_items = dict(_items(value, 0))
+    max_pdu = user_items.get(0x51, b"\0\0\0\0")
+    if len(max_pdu) != 4:
+        raise ProtocolViolation("maximum length sub-item is not 4 bytes")
+    return AssociateRequest(
+        protocol_version=version,
+        called_aet=_text(body[4:20]),
+        calling_aet=_text(body[20:36]),
+        application_context=application_context,
+        contexts=tuple(contexts),
+        max_pdu=struct.unpack(">I", max_pdu)[0],
+        implementation_class_uid=_text(user_items.get(0x52, b"")),
+        implementation_version_name=_text(user_items.get(0x55, b"")),
+    )
+
+
+def _items(data: bytes, position: int) -> Iterator[tuple[int, bytes]]:
+    """(type, value) of the variable items from `position` (1 type, 1 reserved, 2 length)."""
+    while position < len(data):
+        if position + 4 > len(data):
+            raise ProtocolViolation("item header runs past the end of the PDU")
+        item_type, length = data[position], struct.unpack_from(">H", data, position + 2)[0]
+        end = position + 4 + length
+        if end > len(data):
+            raise ProtocolViolation(f"item 0x{item_type:02X} runs past the end of the PDU")
+        yield item_type, data[position + 4 : end]
+        position = end
+
+
+def _proposed_context(value: bytes) -> ProposedContext:
+    if len(value) < 4:
+        raise ProtocolViolation("presentation context item too short")
+    abstract = ""
+    syntaxes = []
+    for item_type, sub_value in _items(value, 4):
+        if item_type == 0x30:
+            abstract = _text(sub_value)
+        elif item_type == 0x40:
+            syntaxes.append(_text(sub_value))
+    return ProposedContext(id=value[0], abstract_syntax=abstract, transfer_syntaxes=tuple(syntaxes))
+
+
+def _text(value: bytes) -> str:
+    return value.decode("ascii", "replace").strip(" \0")
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    return struct.pack(">BxH", item_type, len(value)) + value
+
+
+def _pdu(pdu_type: PduType, body: bytes) -> bytes:
+    return struct.pack(">BxI", pdu_type, len(body)) + body
+
+
+def _ae(title: str) -> bytes:
+    return title.encode("ascii", "replace")[:16].ljust(16)
+
+
+def encode_associate_ac(
+    request: AssociateRequest,
+    answers: list[ContextAnswer],
+    *,
+    max_pdu: int,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes:
+    """A-ASSOCIATE-AC (PS3.8 §9.3.3); AE titles echo the request, as DCMTK expects."""
+    contexts = b"".join(
+        _item(
+            0x21,
+            struct.pack(">BxBx", answer.id, answer.result)
+            + _item(0x40, answer.transfer_syntax.encode("ascii")),
+        )
+        for answer in answers
+    )
+    user = _item(
+        0x50,
+        _item(0x51, struct.pack(">I", max_pdu))
+        + _item(0x52, implementation_class_uid.encode("ascii"))
+        + _item(0x55, implementation_version_name.encode("ascii")),
+    )
+    fixed = struct.pack(">Hxx", 1) + _ae(request.called_aet) + _ae(request.calling_aet) + bytes(32)
+    return _pdu(
+        PduType.ASSOCIATE_AC,
+        fixed + _item(0x10, APPLICATION_CONTEXT.encode("ascii")) + contexts + user,
+    )
+
+
+def encode_associate_rj(*, result: int, source: int, reason: int) -> bytes:
+    """A-ASSOCIATE-RJ (PS3.8 §9.3.4): result 1 permanent / 2 transient, source, reason."""
+    return _pdu(PduType.ASSOCIATE_RJ, struct.pack(">xBBB", result, source, reason))
+
+
+def encode_release_rp() -> bytes:
+    return _pdu(PduType.RELEASE_RP, bytes(4))
+
+
+def encode_abort(reason: AbortReason = AbortReason.NOT_SPECIFIED) -> bytes:
+    """A-ABORT from the service provider (source 2, PS3.8 §9.3.8)."""
+    return _pdu(PduType.ABORT, struct.pack(">xxBB", 2, reason))
+
+
+def decode_pdvs(body: bytes) -> Iterator[Pdv]:
+    """The PDV items of a P-DATA-TF body."""
+    view = memoryview(body)
+    position = 0
+    while position < len(body):
+        if position + PDV_HEADER_BYTES > len(body):
+            raise ProtocolViolation("PDV header runs past the end of the P-DATA-TF")
+        (length,) = struct.unpack_from(">I", body, position)
+        end = position + 4 + length
+        if length < 2 or end > len(body):
+            raise ProtocolViolation(f"PDV length {length} does not fit the P-DATA-TF")
+        header = body[position + 5]
+        yield Pdv(
+            context_id=body[position + 4],
+            is_command=bool(header & 0x01),
+            is_last=bool(header & 0x02),
+            data=view[position + PDV_HEADER_BYTES : end],
+        )
+        position = end
+
+
+def encode_p_data(*, context_id: int, command: bool, data: bytes, max_pdu: int) -> bytes:
+    """P-DATA-TF PDUs carrying `data`, each within the peer's maximum length (0: none)."""
+    size = max(1, max_pdu - PDV_HEADER_BYTES) if max_pdu else max(1, len(data))
+    chunks = [data[start : start + size] for start in range(0, len(data), size)] or [b""]
+    pdus = []
+    for index, chunk in enumerate(chunks):
+        control = (0x01 if command else 0x00) | (0x02 if index == len(chunks) - 1 else 0x00)
+        pdv = struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk
+        pdus.append(_pdu(PduType.P_DATA_TF, pdv))
+    return b"".join(pdus)

@@ -1,0 +1,71 @@
+"""Wiring: settings to blob store, producer, intake and receiver; `talaria ingest run` serves."""
+
+import asyncio
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import structlog
+from prometheus_client import start_http_server
+
+from infra.blobstore import BlobStore, open_blob_store
+from infra.log import EventProducer
+from ingest.intake import Intake
+from ingest.outbox import BrokerOutbox, Journal, Outbox
+from ingest.scp import Receiver
+from ingest.settings import IngestSettings
+from ingest.tags import TagReader
+
+log = structlog.get_logger(__name__)
+
+
+def source_name() -> str:
+    """The envelope `source` of what this process publishes."""
+    return f"ingest@{socket.gethostname()}:{os.getpid()}"
+
+
+@contextmanager
+def open_intake(settings: IngestSettings) -> Iterator[Intake]:
+    """An intake on the configured blob store and broker, closed (events flushed) at exit."""
+    blobs = open_blob_store(settings)
+    producer = EventProducer(settings, client_id=source_name())
+    outbox = open_outbox(settings, producer=producer, blobs=blobs)
+    try:
+        yield Intake(
+            blobs=blobs,
+            producer=producer,
+            outbox=outbox,
+            reader=TagReader(settings.extra_tags),
+            source=source_name(),
+        )
+    finally:
+        outbox.close()
+        producer.close()
+        blobs.close()
+
+
+def open_outbox(settings: IngestSettings, *, producer: EventProducer, blobs: BlobStore) -> Outbox:
+    """The outbox `ack_after` names."""
+    if settings.ack_after == "broker":
+        return BrokerOutbox(producer)
+    return Journal(
+        settings.journal_root,
+        producer=producer,
+        blobs=blobs,
+        max_wait_s=settings.publish_timeout_s,
+    )
+
+
+async def serve(settings: IngestSettings, *, stop: asyncio.Event) -> None:
+    """Run the DICOM receiver (and /metrics) until `stop` is set."""
+    with open_intake(settings) as intake:
+        if settings.metrics_port is not None:
+            start_http_server(settings.metrics_port, addr=settings.metrics_bind)
+        receiver = Receiver(settings, intake)
+        await receiver.start()
+        try:
+            await stop.wait()
+        finally:
+            await receiver.stop()
+            log.info("DICOM receiver stopped")
