@@ -13,6 +13,7 @@ Errors: `ConfigUnavailable` (transient): the config topic could not be read in t
 """
 
 import threading
+import time
 import uuid
 from datetime import datetime
 
@@ -64,6 +65,8 @@ class ConfigView:
             for topic in (Topic.CONFIG, Topic.OPERATIONS)
         ]
         self._remaining: dict[str, int] = {}
+        self._read_up_to: dict[str, int] = {}  # next offset per topic, as folded
+        self._settings = settings
         self._thread = threading.Thread(target=self._run, name="config-view", daemon=True)
 
     def start(self) -> "ConfigView":
@@ -112,8 +115,23 @@ class ConfigView:
         elif isinstance(payload, QueueResumed):
             self.suspended_queues = self.suspended_queues - {payload.queue}
 
+    def catch_up(self, *, timeout_s: float = 10.0) -> None:
+        """Wait until the view holds everything on its topics now: an operator's action (a
+        retry, say) must see the configuration change published just before it."""
+        probe = Consumer({**client_config(self._settings), "group.id": "config-view-probe"})
+        try:
+            ends = {p.topic: end_offset(probe, p) for p in self._partitions}
+        finally:
+            probe.close()
+        deadline = time.monotonic() + timeout_s
+        while any(self._read_up_to.get(topic, 0) < end for topic, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise ConfigUnavailable(f"the config view did not catch up within {timeout_s} s")
+            time.sleep(0.02)
+
     def _note_position(self, message: Message) -> None:
         topic = message.topic() or ""
+        self._read_up_to[topic] = (message.offset() or 0) + 1
         end = self._remaining.get(topic)
         if end is not None and (message.offset() or 0) + 1 >= end:
             del self._remaining[topic]

@@ -74,6 +74,9 @@ class Controls(Protocol):
 
     def suspended(self, queue: str) -> bool: ...
 
+    def catch_up(self) -> None:
+        """Return once every configuration change published so far is seen."""
+
 
 def command_key(job_id: str) -> BlobKey:
     return blob_key("jobs", job_id, "dispatch", "command.json")
@@ -144,6 +147,7 @@ class Dispatcher:
         if self._store.exists(confirmation_key(request.job_id)):
             log.info("retry of a confirmed job skipped", job_id=request.job_id)
             return
+        self._controls.catch_up()  # the target fixed just before the retry must count
         original = DispatchSeries.model_validate_json(self._store.get(command_key(request.job_id)))
         again = original.model_copy(update={"attempt": 1, "not_before": None})
         self._producer.publish(envelope.caused(again, source=SOURCE, subject=request.job_id))

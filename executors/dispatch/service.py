@@ -27,6 +27,9 @@ class ViewControls:
     def suspended(self, queue: str) -> bool:
         return queue in self._view.suspended_queues
 
+    def catch_up(self) -> None:
+        self._view.catch_up()
+
 
 def dispatch_service(settings: DispatchSettings) -> ExecutorService:
     """A dispatcher: one consumer per lane, one for scheduled retries, one for operator

@@ -88,6 +88,7 @@ class Processor:
 
     def handle_operation(self, envelope: Envelope) -> None:
         if isinstance(envelope.payload, JobRetryRequested):
+            self._view.catch_up()  # a rule fixed just before the retry must count
             self.request_retry(envelope, envelope.payload)
 
     def run_job(self, envelope: Envelope, command: ProcessSeries) -> None:
