@@ -1,5 +1,6 @@
 """`talaria kafka ...`, `talaria topics ...` and `talaria up`."""
 
+import os
 import signal
 import time
 
@@ -69,8 +70,14 @@ def up() -> None:
     external = "kafka_bootstrap" in log_settings.model_fields_set
     broker = None if external else local_broker(broker_settings)
     began = time.monotonic()
+    environment = dict(os.environ)
     if broker is not None:
         broker.start()
+        # The services reach the broker this command started, on whatever port it was given.
+        environment["TALARIA_KAFKA_BOOTSTRAP"] = broker.layout.bootstrap
+        log_settings = log_settings.model_copy(
+            update={"kafka_bootstrap": broker.layout.bootstrap}
+        )
     try:
         ensure_topics(log_settings)
         with_processor = docker_answers()
@@ -79,6 +86,7 @@ def up() -> None:
         supervisor = Supervisor(
             service_specs(with_processor=with_processor),
             run_dir=broker_settings.data_dir / "run",
+            env=environment,
         )
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: supervisor.stop_requested.set())

@@ -206,6 +206,9 @@ class Dispatcher:
     def _send(self, command: DispatchSeries) -> Delivery:
         config = self._controls.target_config(command.target)
         if config is None:
+            self._controls.catch_up()  # saved a moment ago, perhaps
+            config = self._controls.target_config(command.target)
+        if config is None:
             raise TargetMisconfigured(f"no target named {command.target!r}")
         target = open_target(config)
         folder = self._work_dir / f"{command.job_id}-{command.attempt}"
