@@ -11,6 +11,7 @@ Errors:
 - `PublishFailed` (transient): the broker did not acknowledge (down, timed out); retry later.
   - `PublishTimeout`: no acknowledgement within the publish timeout.
 - `PublishRejected` (permanent): the broker refused the record (too large, unknown topic, ...).
+- `LogUnavailable` (transient): the broker could not be read.
 A handler signals "try again" by raising a `TransientError`; any other exception is permanent
 for that record.
 """
@@ -51,6 +52,10 @@ _ELECTION_ERRORS = frozenset(
         KafkaError._TRANSPORT,
     }
 )
+
+
+class LogUnavailable(TransientError):
+    """The broker could not be read (down, unreachable, or no leader for a partition)."""
 
 
 class PublishFailed(TransientError):
@@ -475,7 +480,9 @@ def end_offset(consumer: Consumer, partition: TopicPartition, *, timeout_s: floa
             return int(high)
         except KafkaException as error:
             if error.args[0].code() not in _ELECTION_ERRORS or time.monotonic() > deadline:
-                raise
+                raise LogUnavailable(
+                    f"cannot read {partition.topic} from the broker: {error.args[0].str()}"
+                ) from error
             time.sleep(0.1)
 
 
