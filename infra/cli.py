@@ -75,9 +75,7 @@ def up() -> None:
         broker.start()
         # The services reach the broker this command started, on whatever port it was given.
         environment["TALARIA_KAFKA_BOOTSTRAP"] = broker.layout.bootstrap
-        log_settings = log_settings.model_copy(
-            update={"kafka_bootstrap": broker.layout.bootstrap}
-        )
+        log_settings = log_settings.model_copy(update={"kafka_bootstrap": broker.layout.bootstrap})
     try:
         ensure_topics(log_settings)
         with_processor = docker_answers()
