@@ -1,5 +1,6 @@
 """Fixtures for every test package: a real Kafka broker and isolated topic sets."""
 
+import gc
 import sys
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,9 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBrok
     """One broker for the whole test session; each test isolates itself by topic prefix."""
     broker = start_broker(tmp_path_factory.mktemp("kafka"))
     yield broker
+    # Closed clients still hold librdkafka handles until collected; collected now, they do not
+    # fill the end of the run with reconnection errors once the broker is gone.
+    gc.collect()
     broker.stop()
 
 
