@@ -17,7 +17,7 @@ from datetime import datetime, time
 from infra.events import Envelope
 from infra.log import ConsumerLoop, EventProducer
 from infra.settings import LogSettings
-from infra.topics import CommandKind, Lane, command_topic
+from infra.topics import CommandKind, Lane, Topic, command_topic, retry_topic
 
 LANE_ORDER = (Lane.URGENT, Lane.NORMAL, Lane.OFFPEAK)
 
@@ -121,3 +121,45 @@ def lane_consumers(
         )
 
     return [loop_for(lane) for lane in LANE_ORDER]
+
+
+def retry_consumer(
+    settings: LogSettings,
+    *,
+    kind: CommandKind,
+    group_id: str,
+    handle: Callable[[Envelope], None],
+    producer: EventProducer,
+    gate: PriorityGate,
+) -> ConsumerLoop:
+    """The consumer of `kind`'s scheduled retries; each runs in a normal-lane slot of `gate`."""
+
+    def handle_in_slot(envelope: Envelope) -> None:
+        with gate.slot(Lane.NORMAL):
+            handle(envelope)
+
+    return ConsumerLoop(
+        settings,
+        group_id=f"{group_id}.retry",
+        topics=[retry_topic(kind)],
+        handle=handle_in_slot,
+        producer=producer,
+        max_batch=1,
+    )
+
+
+def operations_consumer(
+    settings: LogSettings,
+    *,
+    group_id: str,
+    handle: Callable[[Envelope], None],
+    producer: EventProducer,
+) -> ConsumerLoop:
+    """The consumer of operator requests (retry, cancel) for one kind of executor."""
+    return ConsumerLoop(
+        settings,
+        group_id=f"{group_id}.operations",
+        topics=[Topic.OPERATIONS],
+        handle=handle,
+        producer=producer,
+    )

@@ -3,12 +3,17 @@
 from prometheus_client import start_http_server
 
 from executors.dispatch.dispatcher import Dispatcher, DispatchSettings
-from executors.lanes import OffPeakWindow, PriorityGate, lane_consumers
+from executors.lanes import (
+    OffPeakWindow,
+    PriorityGate,
+    lane_consumers,
+    operations_consumer,
+    retry_consumer,
+)
 from executors.retry import RetryPolicy
 from executors.service import ExecutorService
-from infra.events import Envelope
 from infra.log import ConsumerLoop
-from infra.topics import CommandKind, Lane, Topic
+from infra.topics import CommandKind
 from streams.view import ConfigView
 
 GROUP = "dispatcher"
@@ -50,11 +55,6 @@ def dispatch_service(settings: DispatchSettings) -> ExecutorService:
             stop=service.stop_requested,
         )
         gate = PriorityGate(slots=settings.dispatch_slots)
-
-        def retry_in_slot(envelope: Envelope) -> None:
-            with gate.slot(Lane.NORMAL):
-                dispatcher.handle_retry(envelope)
-
         return [
             *lane_consumers(
                 settings,
@@ -68,18 +68,17 @@ def dispatch_service(settings: DispatchSettings) -> ExecutorService:
                     controls.suspended(f"dispatch.{lane.value}") or controls.suspended("dispatch")
                 ),
             ),
-            ConsumerLoop(
+            retry_consumer(
                 settings,
-                group_id=f"{GROUP}.retry",
-                topics=[Topic.DISPATCH_RETRY],
-                handle=retry_in_slot,
+                kind=CommandKind.DISPATCH,
+                group_id=GROUP,
+                handle=dispatcher.handle_retry,
                 producer=service.producer,
-                max_batch=1,
+                gate=gate,
             ),
-            ConsumerLoop(
+            operations_consumer(
                 settings,
-                group_id=f"{GROUP}.operations",
-                topics=[Topic.OPERATIONS],
+                group_id=GROUP,
                 handle=dispatcher.handle_operation,
                 producer=service.producer,
             ),

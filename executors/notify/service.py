@@ -1,11 +1,16 @@
 """`talaria notify run`: the notifier wired to the log, the blob store and the config view."""
 
-from executors.lanes import OffPeakWindow, PriorityGate, lane_consumers
+from executors.lanes import (
+    OffPeakWindow,
+    PriorityGate,
+    lane_consumers,
+    operations_consumer,
+    retry_consumer,
+)
 from executors.notify.notifier import Notifier, NotifySettings
 from executors.service import ExecutorService
-from infra.events import Envelope
 from infra.log import ConsumerLoop
-from infra.topics import CommandKind, Lane, Topic
+from infra.topics import CommandKind
 
 GROUP = "notifier"
 
@@ -27,11 +32,6 @@ def notify_service(settings: NotifySettings) -> ExecutorService:
             stop=service.stop_requested,
         )
         gate = PriorityGate(slots=settings.notify_slots)
-
-        def retry_in_slot(envelope: Envelope) -> None:
-            with gate.slot(Lane.NORMAL):
-                notifier.handle_command(envelope)
-
         return [
             *lane_consumers(
                 settings,
@@ -45,18 +45,17 @@ def notify_service(settings: NotifySettings) -> ExecutorService:
                     {"notify", f"notify.{lane.value}"} & view.suspended_queues
                 ),
             ),
-            ConsumerLoop(
+            retry_consumer(
                 settings,
-                group_id=f"{GROUP}.retry",
-                topics=[Topic.NOTIFY_RETRY],
-                handle=retry_in_slot,
+                kind=CommandKind.NOTIFY,
+                group_id=GROUP,
+                handle=notifier.handle_command,
                 producer=service.producer,
-                max_batch=1,
+                gate=gate,
             ),
-            ConsumerLoop(
+            operations_consumer(
                 settings,
-                group_id=f"{GROUP}.operations",
-                topics=[Topic.OPERATIONS],
+                group_id=GROUP,
                 handle=notifier.handle_operation,
                 producer=service.producer,
             ),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from executors.lanes import OffPeakWindow, PriorityGate, lane_consumers
+from executors.lanes import OffPeakWindow, PriorityGate, lane_consumers, operations_consumer
 from executors.processing import ContainerGone, JobFailed
 from executors.processing.journal import OUTCOME, JobJournal
 from executors.processing.policy import Policy, StepPlace, container_spec
@@ -52,7 +52,7 @@ from infra.catalogue import (
 )
 from infra.events import Envelope, Payload
 from infra.log import ConsumerLoop, EventProducer
-from infra.topics import CommandKind, Topic
+from infra.topics import CommandKind
 from streams.config import Configuration
 from streams.view import ConfigView
 
@@ -296,12 +296,8 @@ def consumers(
             {"processing", f"processing.{lane.value}"} & view.suspended_queues
         ),
     )
-    operations = ConsumerLoop(
-        settings,
-        group_id=f"{GROUP}.operations",
-        topics=[Topic.OPERATIONS],
-        handle=processor.handle_operation,
-        producer=producer,
+    operations = operations_consumer(
+        settings, group_id=GROUP, handle=processor.handle_operation, producer=producer
     )
     return [*lanes, operations]
 
