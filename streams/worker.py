@@ -391,6 +391,7 @@ def build_app(
         f"{settings.topic_prefix}streams",
         broker=";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")),
         store="memory://",
+        datadir=str(settings.data_dir / "streams"),  # Faust defaults to the working directory
         key_serializer="json",  # tables; the source topic is read as raw bytes
         value_serializer="json",
         processing_guarantee="at_least_once",
