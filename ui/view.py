@@ -8,10 +8,8 @@ gives read-your-writes: after publishing a change, wait until the view shows it.
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Message
-
-from infra.catalogue import CATALOGUE, UserDeleted, UserSaved
-from infra.events import Headers, UndecodableEvent, decode, header_value
+from infra.catalogue import UserDeleted, UserSaved
+from infra.events import Envelope
 from infra.settings import LogSettings
 from streams.view import ConfigView
 from ui.users import User, fold_user
@@ -27,16 +25,14 @@ class UiView(ConfigView):
         super().__init__(settings)
         self.users: dict[str, User] = {}
 
-    def _fold(self, message: Message) -> None:
-        headers: Headers = [(str(pair[0]), pair[1]) for pair in message.headers() or []]
-        if header_value(headers, "type") in _USER_EVENTS:
-            try:
-                change = decode(message.value(), headers, CATALOGUE).payload
-            except UndecodableEvent:
-                change = None  # the base class logs it
-            if isinstance(change, UserSaved | UserDeleted):
-                self.users = fold_user(self.users, change)
-        super()._fold(message)
+    def wants(self, topic: str, type_name: str | None) -> bool:
+        return type_name in _USER_EVENTS or super().wants(topic, type_name)
+
+    def apply(self, envelope: Envelope) -> None:
+        if isinstance(envelope.payload, UserSaved | UserDeleted):
+            self.users = fold_user(self.users, envelope.payload)
+        else:
+            super().apply(envelope)
 
     def settle(self, shown: Callable[[], bool], *, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
         """Wait until `shown()` (the view holds a change just published); False on timeout."""

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from pydantic import Field
 
 from executors.cleanup import LogUnreadable
@@ -24,7 +23,6 @@ from executors.lanes import OffPeakWindow
 from executors.service import ExecutorSettings
 from infra.blobstore import BlobStore, FolderBlobStore, parse_key
 from infra.catalogue import (
-    CATALOGUE,
     BlobsPurged,
     DispatchSeries,
     JobCancelled,
@@ -32,8 +30,9 @@ from infra.catalogue import (
     ProcessSeries,
 )
 from infra.errors import TransientError
-from infra.events import Envelope, Headers, UndecodableEvent, decode, header_value
-from infra.log import EventProducer, client_config, end_offset
+from infra.events import Envelope
+from infra.follow import TopicFollower
+from infra.log import EventProducer
 from infra.settings import LogSettings
 from infra.topics import CommandKind, Lane, Topic, command_topic, topic_name
 
@@ -70,78 +69,27 @@ class CleanupSettings(ExecutorSettings):
     )
 
 
-class LogFollower:
-    """Reads topics whole from the beginning on a thread and folds them into a `Ledger`."""
+class LedgerFollower(TopicFollower):
+    """Folds the series, jobs and commands topics into a `Ledger`, read whole."""
 
     def __init__(self, settings: LogSettings) -> None:
         self.ledger = Ledger()
         self.lock = threading.Lock()
-        self.caught_up = threading.Event()
-        self._stop = threading.Event()
-        self._consumer = Consumer(
-            {
-                **client_config(settings),
-                "group.id": f"{settings.topic_prefix}cleaner-follower",
-                "enable.auto.commit": False,
-            }
-        )
         names = {topic: topic_name(topic, prefix=settings.topic_prefix) for topic in FOLLOWED}
         self._wanted_types = {
             names[topic]: _COMMANDS for topic in FOLLOWED if topic.value.startswith("commands.")
         }
         self._wanted_types[names[Topic.OPERATIONS]] = _OPERATIONS
-        self._partitions = [
-            TopicPartition(name, partition, OFFSET_BEGINNING)
-            for name in names.values()
-            for partition in self._consumer.list_topics(name, timeout=30).topics[name].partitions
-        ]
-        self._remaining: dict[tuple[str, int], int] = {}
-        self._thread = threading.Thread(target=self._run, name="cleaner-follower", daemon=True)
+        super().__init__(settings, FOLLOWED, name="cleaner-follower")
 
-    def start(self) -> "LogFollower":
-        ends = {(p.topic, p.partition): end_offset(self._consumer, p) for p in self._partitions}
-        self._remaining = {position: end for position, end in ends.items() if end > 0}
-        if not self._remaining:
-            self.caught_up.set()
-        self._consumer.assign(self._partitions)
-        self._thread.start()
-        return self
+    def wants(self, topic: str, type_name: str | None) -> bool:
+        # Not another executor's commands, nor an operator action of no concern.
+        wanted = self._wanted_types.get(topic)
+        return wanted is None or type_name in wanted
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._consumer.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for message in self._consumer.consume(num_messages=500, timeout=0.1):
-                error = message.error()
-                if error is None:
-                    self._fold(message)
-                elif error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("cleaner could not read the log", error=error.str())
-
-    def _fold(self, message: Message) -> None:
-        self._note_position(message)
-        headers: Headers = [(str(pair[0]), pair[1]) for pair in message.headers() or []]
-        wanted = self._wanted_types.get(message.topic() or "")
-        if wanted is not None and header_value(headers, "type") not in wanted:
-            return  # another executor's commands, or an operator action of no concern
-        try:
-            envelope = decode(message.value(), headers, CATALOGUE)
-        except UndecodableEvent as error:
-            log.warning("undecodable record skipped", error=str(error))
-            return
+    def apply(self, envelope: Envelope) -> None:
         with self.lock:
             self.ledger.apply(envelope)
-
-    def _note_position(self, message: Message) -> None:
-        position = (message.topic() or "", message.partition() or 0)
-        end = self._remaining.get(position)
-        if end is not None and (message.offset() or 0) + 1 >= end:
-            del self._remaining[position]
-            if not self._remaining:
-                self.caught_up.set()
 
 
 def disk_use_percent(store: BlobStore) -> float | None:
@@ -159,7 +107,7 @@ class Cleaner:
         self,
         settings: CleanupSettings,
         *,
-        follower: LogFollower,
+        follower: LedgerFollower,
         producer: EventProducer,
         store: BlobStore,
         suspended: Callable[[], bool],
@@ -183,7 +131,7 @@ class Cleaner:
 
     def sweep(self) -> list[BlobsPurged]:
         """One pass: purge what may go now; the facts published."""
-        if not self._follower.caught_up.is_set():
+        if not self._follower.ready.is_set():
             raise LogUnreadable("the log has not been read up to its end yet")
         if self._suspended():
             return []

@@ -2,7 +2,7 @@
 
 import threading
 
-from executors.cleanup.cleaner import Cleaner, CleanupSettings, LogFollower
+from executors.cleanup.cleaner import Cleaner, CleanupSettings, LedgerFollower
 from executors.service import ExecutorService
 
 NAME = "cleaner"
@@ -16,7 +16,7 @@ class CleanupService(ExecutorService):
 
     def __init__(self, settings: CleanupSettings) -> None:
         super().__init__(settings, name=NAME, build_loops=lambda _service: [])
-        self.follower = LogFollower(settings)
+        self.follower = LedgerFollower(settings)
         self.cleaner = Cleaner(
             settings,
             follower=self.follower,
