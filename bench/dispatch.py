@@ -1,9 +1,9 @@
 """Forwarding throughput: Talaria's DICOM target beside DCMTK's storescu and Orthanc's forwarding.
 
 The same series goes to a DCMTK `storescp` (writing files, restarted for every measurement):
-  - `storescu`: DCMTK sending the files directly (the upper bound of a forwarder);
-  - `talaria`: Talaria's DICOM target (pynetdicom, TCP_NODELAY, contexts from the series) sending
-    the staged files, as the dispatcher does for a job;
+  - `storescu`: DCMTK sending the files directly (the reference for a forwarder);
+  - `talaria`: Talaria's DICOM target (its own SCU, TCP_NODELAY, contexts from the series)
+    sending the staged files, as the dispatcher does for a job;
   - `orthanc`: Orthanc 1.10 (Debian) holding the series and forwarding it with
     `POST /modalities/target/store` (what Orthanc auto-routing runs), timed from the request to
     its answer.
