@@ -133,10 +133,15 @@ class Association:
             self._socket.close()
 
     def _release(self) -> None:
-        self._send(encode_release_rq())
-        pdu_type, _ = read_pdu(self._reader, self._peer)
+        """Release; a peer that answers otherwise, or not at all, is aborted but not blamed:
+        everything sent was confirmed already."""
+        try:
+            self._send(encode_release_rq())
+            pdu_type, _ = read_pdu(self._reader, self._peer)
+        except TargetUnavailable:
+            pdu_type = None
         if pdu_type != PduType.RELEASE_RP:
-            raise self._broken(f"answered A-RELEASE-RQ with PDU type 0x{pdu_type:02X}")
+            self._abort()
 
     def _abort(self) -> None:
         with contextlib.suppress(OSError):  # the connection is gone already: nothing to abort

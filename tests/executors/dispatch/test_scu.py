@@ -2,6 +2,9 @@
 
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,8 +14,9 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
 
 from executors.dispatch import TargetRefused, TargetUnavailable
+from executors.dispatch.scu import Peer, read_pdu
 from executors.dispatch.staging import describe
-from executors.dispatch.target import Batch
+from executors.dispatch.target import Batch, Delivery, Target
 from executors.dispatch.targets import open_target
 from ingest.dimse import (
     C_STORE_RQ,
@@ -208,28 +212,124 @@ def test_a_misbehaving_storescp_fails_the_dispatch_the_right_way(
             target.send(batch_of(files))
 
 
+class ScriptedPeer:
+    """A one-association acceptor on the receiver's codec, for faults storescp cannot play:
+    it rejects transiently, or accepts everything and answers C-STOREs with `statuses` (then
+    0x0000), answers with a wrong message ID once `misnumber` is set, and closes the connection
+    instead of answering A-RELEASE-RQ."""
+
+    def __init__(self, *, reject: bool = False, misnumber: bool = False) -> None:
+        self.statuses: list[int] = []
+        self.stored = 0
+        self._reject = reject
+        self._misnumber = misnumber
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._thread.join(timeout=10)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        connection, _ = self._listener.accept()
+        with connection, connection.makefile("rb") as reader:
+            _, body = read_pdu(reader, Peer(host="", port=0, called="", calling=""))
+            request = decode_associate_rq(body)
+            if self._reject:
+                connection.sendall(encode_associate_rj(result=2, source=3, reason=2))
+                return
+            answers = [
+                ContextAnswer(
+                    id=c.id, result=ContextResult.ACCEPTANCE, transfer_syntax=c.transfer_syntaxes[0]
+                )
+                for c in request.contexts
+            ]
+            connection.sendall(
+                encode_associate_ac(
+                    request,
+                    answers,
+                    max_pdu=16384,
+                    implementation_class_uid="1.2.3",
+                    implementation_version_name="",
+                )
+            )
+            command_parts: list[bytes] = []
+            while True:
+                pdu_type, body = read_pdu(reader, Peer(host="", port=0, called="", calling=""))
+                if pdu_type != PduType.P_DATA_TF:
+                    return  # A-RELEASE-RQ: hang up without A-RELEASE-RP
+                for pdv in decode_pdvs(body):
+                    if pdv.is_command:
+                        command_parts.append(bytes(pdv.data))
+                    elif pdv.is_last:
+                        command = decode_command(b"".join(command_parts))
+                        command_parts = []
+                        status = self.statuses.pop(0) if self.statuses else 0x0000
+                        self.stored += 1
+                        if self._misnumber:
+                            command = replace(command, message_id=command.message_id + 1)
+                        response = encode_response(command, status=status)
+                        connection.sendall(
+                            b"".join(
+                                p_data_pieces(
+                                    context_id=pdv.context_id,
+                                    command=True,
+                                    data=response,
+                                    max_pdu=request.max_pdu,
+                                )
+                            )
+                        )
+
+
+@contextmanager
+def scripted_peer(**behaviour: bool) -> Iterator[ScriptedPeer]:
+    peer = ScriptedPeer(**behaviour)
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+def scripted_target(peer: ScriptedPeer) -> Target:
+    return open_target(
+        {"target_type": "dicom", "ip": "127.0.0.1", "port": peer.port, "timeout_s": 5}
+    )
+
+
 @pytest.mark.integration
 def test_a_transient_rejection_is_retried_later(tmp_path: Path) -> None:
-    """A peer that answers every association with rejected-transient (PS3.8 §9.3.4, result 2,
-    'local limit exceeded'), as a receiver at its association limit does."""
+    """Rejected-transient (PS3.8 §9.3.4, result 2, 'local limit exceeded'), as a receiver at
+    its association limit answers."""
     files = write_study(tmp_path / "study", series=1, instances=1)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
+    with (
+        scripted_peer(reject=True) as peer,
+        pytest.raises(TargetUnavailable, match="rejected the association for now"),
+    ):
+        scripted_target(peer).send(batch_of(files))
 
-    def reject_one() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            connection.recv(65536)
-            connection.sendall(encode_associate_rj(result=2, source=3, reason=2))
 
-    thread = threading.Thread(target=reject_one)
-    thread.start()
-    try:
-        target = open_target(
-            {"target_type": "dicom", "ip": "127.0.0.1", "port": port, "timeout_s": 5}
-        )
-        with pytest.raises(TargetUnavailable, match="rejected the association for now"):
-            target.send(batch_of(files))
-    finally:
-        thread.join(timeout=10)
-        listener.close()
+@pytest.mark.integration
+def test_one_failed_instance_fails_the_dispatch_and_a_warning_does_not(tmp_path: Path) -> None:
+    """Also: a peer that hangs up instead of answering A-RELEASE-RQ does not undo a delivery
+    it confirmed instance by instance."""
+    files = write_study(tmp_path / "study", series=1, instances=4)
+    with scripted_peer() as peer:
+        peer.statuses[:] = [0x0000, 0xB007, 0x0000, 0x0000]
+        assert scripted_target(peer).send(batch_of(files)) == Delivery(confirmed=4, warnings=1)
+    with scripted_peer() as peer:
+        peer.statuses[:] = [0x0000, 0xC123]
+        with pytest.raises(TargetRefused, match="0xC123"):
+            scripted_target(peer).send(batch_of(files))
+        assert peer.stored == 2  # nothing sent after the failure
+
+
+@pytest.mark.integration
+def test_a_response_to_another_message_breaks_the_protocol(tmp_path: Path) -> None:
+    files = write_study(tmp_path / "study", series=1, instances=1)
+    with (
+        scripted_peer(misnumber=True) as peer,
+        pytest.raises(TargetUnavailable, match="response to message 2, not 1"),
+    ):
+        scripted_target(peer).send(batch_of(files))
