@@ -23,6 +23,7 @@ from ingest.dimse import Response, decode_response, encode_echo_rq, encode_store
 from ingest.errors import ProtocolViolation
 from ingest.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ingest.pdu import (
+    PDV_HEADER_BYTES,
     ContextResult,
     PduType,
     ProposedContext,
@@ -86,7 +87,8 @@ class Association:
         pieces = list(
             p_data_pieces(context_id=context_id, command=True, data=command, max_pdu=self._max_pdu)
         )
-        block = max(1, self._max_pdu - 6) * max(1, WRITE_BLOCK // max(1, self._max_pdu))
+        fragment = max(1, self._max_pdu - PDV_HEADER_BYTES) if self._max_pdu else WRITE_BLOCK
+        block = fragment * max(1, WRITE_BLOCK // fragment)  # whole fragments per write
         for start in range(0, max(1, len(data_set)), block):
             end = start + block
             pieces += p_data_pieces(
