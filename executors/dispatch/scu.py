@@ -3,10 +3,11 @@ upper layer and DIMSE codecs (`ingest.pdu`, `ingest.dimse`).
 
 One association at a time, one operation outstanding (no asynchronous operations window is
 negotiated, PS3.7 §D.3.3.3): a request's command and data set go out as P-DATA-TF PDUs cut to
-the peer's maximum length, written in blocks of about a megabyte with TCP_NODELAY, then the
-response is read. Every socket operation has the timeout. Failures are dispatch errors: the
-peer unreachable, silent, aborting or breaking the protocol is `TargetUnavailable`; an
-association rejected permanently is `TargetRefused`.
+the peer's maximum length, written in blocks of about a megabyte with TCP_NODELAY; the caller
+reads the response when it has prepared the next request, so its work overlaps the peer's.
+Every socket operation has the timeout. Failures are dispatch errors: the peer unreachable,
+silent, aborting or breaking the protocol is `TargetUnavailable`; an association rejected
+permanently is `TargetRefused`.
 """
 
 import contextlib
@@ -76,10 +77,11 @@ class Association:
         """The accepted presentation context for this pair, if any."""
         return self._accepted.get((sop_class_uid, transfer_syntax_uid))
 
-    def store(
+    def send_store(
         self, context_id: int, *, sop_class_uid: str, sop_instance_uid: str, data_set: memoryview
-    ) -> Response:
-        """C-STORE `data_set` (encoded in the context's transfer syntax); the peer's response."""
+    ) -> int:
+        """Send a C-STORE-RQ with `data_set` (encoded in the context's transfer syntax); its
+        message ID, for `response`. The caller may prepare the next instance before that."""
         message_id = self._next_message_id()
         command = encode_store_rq(
             message_id=message_id, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid
@@ -100,7 +102,7 @@ class Association:
             )
             self._send(b"".join(pieces))
             pieces = []
-        return self._response(context_id, message_id)
+        return message_id
 
     def echo(self, context_id: int) -> Response:
         message_id = self._next_message_id()
@@ -114,7 +116,7 @@ class Association:
                 )
             )
         )
-        return self._response(context_id, message_id)
+        return self.response(context_id, message_id)
 
     def __enter__(self) -> Self:
         return self
@@ -161,8 +163,8 @@ class Association:
         except OSError as error:
             raise TargetUnavailable(f"connection to {self._peer} lost: {error}") from error
 
-    def _response(self, context_id: int, message_id: int) -> Response:
-        """Read P-DATA-TF PDUs until the response command set is whole."""
+    def response(self, context_id: int, message_id: int) -> Response:
+        """Read P-DATA-TF PDUs until the response to `message_id` is whole."""
         parts: list[bytes] = []
         while True:
             pdu_type, body = read_pdu(self._reader, self._peer)

@@ -68,9 +68,8 @@ class DicomTarget:
         confirmed = warnings = 0
         for chunk in _chunks_by_context(batch.instances):
             with self._associate(peer, _contexts_for(chunk)) as association:
-                for instance in chunk:
-                    warnings += _store(association, instance)
-                    confirmed += 1
+                warnings += _store(association, chunk)
+            confirmed += len(chunk)
         return Delivery(confirmed=confirmed, warnings=warnings)
 
     def test(self) -> str:
@@ -153,15 +152,32 @@ def _contexts_for(instances: list[StagedInstance]) -> list[tuple[str, list[str]]
     return contexts
 
 
-def _store(association: Association, instance: StagedInstance) -> int:
-    """C-STORE one instance; 1 if the target answered with a warning, else 0."""
-    context, data_set = _data_set_for(association, instance)
-    status = association.store(
-        context,
-        sop_class_uid=instance.sop_class_uid,
-        sop_instance_uid=instance.sop_uid,
-        data_set=data_set,
-    ).status
+def _store(association: Association, instances: list[StagedInstance]) -> int:
+    """C-STORE every instance, each read and framed while the target stores the one before;
+    how many the target answered with a warning."""
+    warnings = 0
+    waiting: tuple[StagedInstance, int, int] | None = None  # instance, context, message ID
+    for instance in instances:
+        context, data_set = _data_set_for(association, instance)
+        if waiting is not None:
+            warnings += _answer(association, *waiting)
+        message_id = association.send_store(
+            context,
+            sop_class_uid=instance.sop_class_uid,
+            sop_instance_uid=instance.sop_uid,
+            data_set=data_set,
+        )
+        waiting = (instance, context, message_id)
+    if waiting is not None:
+        warnings += _answer(association, *waiting)
+    return warnings
+
+
+def _answer(
+    association: Association, instance: StagedInstance, context: int, message_id: int
+) -> int:
+    """The target's verdict on `instance`: 1 for a warning, 0 for success, else an error."""
+    status = association.response(context, message_id).status
     if status == 0x0000:
         return 0
     if status in _WARNINGS:
