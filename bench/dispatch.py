@@ -1,9 +1,9 @@
 """Forwarding throughput: Talaria's DICOM target beside DCMTK's storescu and Orthanc's forwarding.
 
 The same series goes to a DCMTK `storescp` (writing files, restarted for every measurement):
-  - `storescu`: DCMTK sending the files directly (the upper bound of a forwarder);
-  - `talaria`: Talaria's DICOM target (pynetdicom, TCP_NODELAY, contexts from the series) sending
-    the staged files, as the dispatcher does for a job;
+  - `storescu`: DCMTK sending the files directly (the reference for a forwarder);
+  - `talaria`: Talaria's DICOM target (its own SCU, TCP_NODELAY, contexts from the series)
+    describing and sending the staged files, as the dispatcher does for a job;
   - `orthanc`: Orthanc 1.10 (Debian) holding the series and forwarding it with
     `POST /modalities/target/store` (what Orthanc auto-routing runs), timed from the request to
     its answer.
@@ -77,13 +77,13 @@ def by_storescu(files: list[Path], port: int) -> float:
 
 
 def by_talaria(files: list[Path], port: int) -> float:
-    batch = Batch(
-        job_id="bench", study_uid="bench", instances=[describe(p) for p in files], tags={}
-    )
     dicom = open_target(
         {"target_type": "dicom", "ip": "127.0.0.1", "port": port, "aet_target": "TARGET"}
     )
     began = time.perf_counter()
+    batch = Batch(
+        job_id="bench", study_uid="bench", instances=[describe(p) for p in files], tags={}
+    )
     delivery = dicom.send(batch)
     elapsed = time.perf_counter() - began
     assert delivery.confirmed == len(files)

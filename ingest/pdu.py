@@ -1,13 +1,15 @@
-"""DICOM upper layer PDUs (PS3.8 §9.3): decoding what a peer sends, encoding our answers.
+"""DICOM upper layer PDUs (PS3.8 §9.3): decoding what a peer sends, encoding what we send.
 
-Only what an acceptor needs: A-ASSOCIATE-RQ in; A-ASSOCIATE-AC/RJ, P-DATA-TF, A-RELEASE-RP and
-A-ABORT out; P-DATA-TF, A-RELEASE-RQ and A-ABORT in. Every length read from the wire is checked
-against the bytes present; anything malformed is a `ProtocolViolation`.
+As an acceptor (the receiver): A-ASSOCIATE-RQ in; A-ASSOCIATE-AC/RJ, P-DATA-TF, A-RELEASE-RP and
+A-ABORT out; P-DATA-TF, A-RELEASE-RQ and A-ABORT in. As a requestor (the DICOM targets):
+A-ASSOCIATE-RQ, P-DATA-TF, A-RELEASE-RQ and A-ABORT out; A-ASSOCIATE-AC/RJ, P-DATA-TF,
+A-RELEASE-RP and A-ABORT in. Every length read from the wire is checked against the bytes
+present; anything malformed is a `ProtocolViolation`.
 """
 
 import asyncio
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -73,6 +75,23 @@ class ContextAnswer:
     id: int
     result: ContextResult
     transfer_syntax: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssociateAccept:
+    """The parts of an A-ASSOCIATE-AC a requestor acts on (PS3.8 §9.3.3)."""
+
+    contexts: tuple[ContextAnswer, ...]
+    max_pdu: int  # 0: no limit
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssociateReject:
+    """An A-ASSOCIATE-RJ (PS3.8 §9.3.4): result 1 permanent / 2 transient, source, reason."""
+
+    result: int
+    source: int
+    reason: int
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,16 @@ def _ae(title: str) -> bytes:
     return title.encode("ascii", "replace")[:16].ljust(16)
 
 
+def _user_information(max_pdu: int, class_uid: str, version_name: str) -> bytes:
+    """User information item: maximum length, implementation class UID and version name."""
+    return _item(
+        0x50,
+        _item(0x51, struct.pack(">I", max_pdu))
+        + _item(0x52, class_uid.encode("ascii"))
+        + _item(0x55, version_name.encode("ascii")),
+    )
+
+
 def encode_associate_ac(
     request: AssociateRequest,
     answers: list[ContextAnswer],
@@ -183,12 +212,7 @@ def encode_associate_ac(
         )
         for answer in answers
     )
-    user = _item(
-        0x50,
-        _item(0x51, struct.pack(">I", max_pdu))
-        + _item(0x52, implementation_class_uid.encode("ascii"))
-        + _item(0x55, implementation_version_name.encode("ascii")),
-    )
+    user = _user_information(max_pdu, implementation_class_uid, implementation_version_name)
     fixed = struct.pack(">Hxx", 1) + _ae(request.called_aet) + _ae(request.calling_aet) + bytes(32)
     return _pdu(
         PduType.ASSOCIATE_AC,
@@ -196,18 +220,85 @@ def encode_associate_ac(
     )
 
 
+def encode_associate_rq(
+    *,
+    called_aet: str,
+    calling_aet: str,
+    contexts: Sequence[ProposedContext],
+    max_pdu: int,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes:
+    """A-ASSOCIATE-RQ (PS3.8 §9.3.2) proposing `contexts` (odd ids, at most 128)."""
+    proposed = b"".join(
+        _item(
+            0x20,
+            struct.pack(">Bxxx", context.id)
+            + _item(0x30, context.abstract_syntax.encode("ascii"))
+            + b"".join(_item(0x40, syntax.encode("ascii")) for syntax in context.transfer_syntaxes),
+        )
+        for context in contexts
+    )
+    user = _user_information(max_pdu, implementation_class_uid, implementation_version_name)
+    fixed = struct.pack(">Hxx", 1) + _ae(called_aet) + _ae(calling_aet) + bytes(32)
+    return _pdu(
+        PduType.ASSOCIATE_RQ,
+        fixed + _item(0x10, APPLICATION_CONTEXT.encode("ascii")) + proposed + user,
+    )
+
+
+def decode_associate_ac(body: bytes) -> AssociateAccept:
+    """Parse an A-ASSOCIATE-AC body (after the 6-byte PDU header)."""
+    if len(body) < 68:
+        raise ProtocolViolation("A-ASSOCIATE-AC shorter than its fixed fields")
+    answers: list[ContextAnswer] = []
+    user_items: dict[int, bytes] = {}
+    for item_type, value in _items(body, 68):
+        if item_type == 0x21:
+            answers.append(_context_answer(value))
+        elif item_type == 0x50:
+            user_items = dict(_items(value, 0))
+    max_pdu = user_items.get(0x51, b"\0\0\0\0")
+    if len(max_pdu) != 4:
+        raise ProtocolViolation("maximum length sub-item is not 4 bytes")
+    return AssociateAccept(contexts=tuple(answers), max_pdu=struct.unpack(">I", max_pdu)[0])
+
+
+def _context_answer(value: bytes) -> ContextAnswer:
+    if len(value) < 4:
+        raise ProtocolViolation("presentation context item too short")
+    try:
+        result = ContextResult(value[2])
+    except ValueError:
+        raise ProtocolViolation(f"presentation context result {value[2]} unknown") from None
+    syntax = next((_text(sub) for kind, sub in _items(value, 4) if kind == 0x40), "")
+    return ContextAnswer(id=value[0], result=result, transfer_syntax=syntax)
+
+
+def decode_associate_rj(body: bytes) -> AssociateReject:
+    """Parse an A-ASSOCIATE-RJ body (after the 6-byte PDU header)."""
+    if len(body) < 4:
+        raise ProtocolViolation("A-ASSOCIATE-RJ shorter than its fixed fields")
+    return AssociateReject(result=body[1], source=body[2], reason=body[3])
+
+
 def encode_associate_rj(*, result: int, source: int, reason: int) -> bytes:
     """A-ASSOCIATE-RJ (PS3.8 §9.3.4): result 1 permanent / 2 transient, source, reason."""
     return _pdu(PduType.ASSOCIATE_RJ, struct.pack(">xBBB", result, source, reason))
+
+
+def encode_release_rq() -> bytes:
+    return _pdu(PduType.RELEASE_RQ, bytes(4))
 
 
 def encode_release_rp() -> bytes:
     return _pdu(PduType.RELEASE_RP, bytes(4))
 
 
-def encode_abort(reason: AbortReason = AbortReason.NOT_SPECIFIED) -> bytes:
-    """A-ABORT from the service provider (source 2, PS3.8 §9.3.8)."""
-    return _pdu(PduType.ABORT, struct.pack(">xxBB", 2, reason))
+def encode_abort(reason: AbortReason = AbortReason.NOT_SPECIFIED, *, source: int = 2) -> bytes:
+    """A-ABORT (PS3.8 §9.3.8): from the service provider (source 2) with a reason, or from the
+    service user (source 0, reason not significant)."""
+    return _pdu(PduType.ABORT, struct.pack(">xxBB", source, reason))
 
 
 def decode_pdvs(body: bytes) -> Iterator[Pdv]:
@@ -233,11 +324,25 @@ def decode_pdvs(body: bytes) -> Iterator[Pdv]:
 
 def encode_p_data(*, context_id: int, command: bool, data: bytes, max_pdu: int) -> bytes:
     """P-DATA-TF PDUs carrying `data`, each within the peer's maximum length (0: none)."""
-    size = max(1, max_pdu - PDV_HEADER_BYTES) if max_pdu else max(1, len(data))
-    chunks = [data[start : start + size] for start in range(0, len(data), size)] or [b""]
-    pdus = []
-    for index, chunk in enumerate(chunks):
-        control = (0x01 if command else 0x00) | (0x02 if index == len(chunks) - 1 else 0x00)
-        pdv = struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk
-        pdus.append(_pdu(PduType.P_DATA_TF, pdv))
-    return b"".join(pdus)
+    return b"".join(
+        p_data_pieces(context_id=context_id, command=command, data=data, max_pdu=max_pdu)
+    )
+
+
+def p_data_pieces(
+    *, context_id: int, command: bool, data: bytes | memoryview, max_pdu: int, last: bool = True
+) -> Iterator[bytes | memoryview]:
+    """P-DATA-TF PDUs carrying `data` (one PDV each, within the peer's maximum length, 0: none),
+    as alternating headers and slices of `data`, so a large data set is not copied to be framed.
+    `last=False`: more fragments of the same message follow in later calls."""
+    view = memoryview(data)
+    size = max(1, max_pdu - PDV_HEADER_BYTES) if max_pdu else max(1, len(view))
+    starts = range(0, len(view), size) or range(1)
+    for start in starts:
+        chunk = view[start : start + size]
+        is_last = last and start == starts[-1]
+        control = (0x01 if command else 0x00) | (0x02 if is_last else 0x00)
+        yield struct.pack(
+            ">BxIIBB", PduType.P_DATA_TF, len(chunk) + 6, len(chunk) + 2, context_id, control
+        )
+        yield chunk

@@ -1,39 +1,33 @@
-"""DICOM targets (plain and TLS): C-STORE every instance with pynetdicom and check each answer.
+"""DICOM targets (plain and TLS): C-STORE every instance and check each answer.
 
 Presentation contexts come from the job's real SOP classes and transfer syntaxes (at most 128
 per association, PS3.8 §9.3.2.2; more make several associations). Each stored syntax is
-proposed as it is; an uncompressed one also with the two uncompressed little-endian syntaxes as
-a fallback, so the bytes are converted only when the target refuses the stored syntax.
-C-STORE statuses (PS3.4 Annex B.2.3): 0x0000 success; 0xB000, 0xB006, 0xB007 warnings, counted
-and confirmed; 0xA7xx out of resources, retried; anything else refused for good.
+proposed as it is, and the stored data set goes out byte for byte; an uncompressed syntax other
+than the default one is also proposed, in a second context, as the other little-endian
+uncompressed syntaxes, so the data set is converted only when the target refuses the stored
+syntax. C-STORE statuses (PS3.4 Annex B.2.3): 0x0000 success; 0xB000, 0xB006, 0xB007 warnings,
+counted and confirmed; 0xA7xx out of resources, retried; anything else refused for good.
 `ip: sender` sends the job back to the address that sent it (mercure's "return to sender").
 """
 
-import contextlib
 import re
-import socket
 import ssl
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 
 from pydantic import Field, field_validator
 from pydicom import dcmread
-from pydicom.uid import (
-    UID,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
-from pynetdicom import AE, build_context
-from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import AssociationSocket
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from executors.dispatch import TargetMisconfigured, TargetRefused, TargetUnavailable
+from executors.dispatch.scu import MAX_CONTEXTS, Association, Peer, associate
 from executors.dispatch.target import Batch, Delivery, StagedInstance, TargetSettings, register
+from ingest.dimse import VERIFICATION
+from ingest.errors import CannotUnderstand
+from ingest.part10 import read_file_meta
 
-MAX_CONTEXTS = 128
-VERIFICATION = "1.2.840.10008.1.1"
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _WARNINGS = frozenset({0xB000, 0xB006, 0xB007})
 _AE_TITLE = re.compile(r"[A-Za-z0-9 _\-.]{1,16}")
@@ -64,14 +58,6 @@ class DicomTlsSettings(DicomSettings):
     ca_cert: str = Field(min_length=1)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Peer:
-    host: str
-    port: int
-    called: str
-    calling: str
-
-
 @register("dicom", DicomSettings)
 class DicomTarget:
     def __init__(self, settings: DicomSettings) -> None:
@@ -81,19 +67,19 @@ class DicomTarget:
         peer = self._peer(batch.tags)
         confirmed = warnings = 0
         for chunk in _chunks_by_context(batch.instances):
-            with self._association(peer, contexts=_contexts_for(chunk)) as association:
-                for instance in chunk:
-                    warnings += _store(association, instance)
-                    confirmed += 1
+            with self._associate(peer, _contexts_for(chunk)) as association:
+                warnings += _store(association, chunk)
+            confirmed += len(chunk)
         return Delivery(confirmed=confirmed, warnings=warnings)
 
     def test(self) -> str:
         peer = self._peer({})
-        with self._association(peer, contexts=[build_context(VERIFICATION)]) as association:
-            status = association.send_c_echo()
-        if not status or status.Status != 0x0000:
-            raise TargetUnavailable(f"C-ECHO to {peer.called}@{peer.host}:{peer.port} failed")
-        return f"C-ECHO to {peer.called}@{peer.host}:{peer.port} succeeded"
+        with self._associate(peer, [(VERIFICATION, [ImplicitVRLittleEndian])]) as association:
+            context = association.context_for(VERIFICATION, ImplicitVRLittleEndian)
+            status = association.echo(context).status if context is not None else None
+        if status != 0x0000:
+            raise TargetUnavailable(f"C-ECHO to {peer} failed")
+        return f"C-ECHO to {peer} succeeded"
 
     def _peer(self, tags: Mapping[str, str]) -> Peer:
         settings = self._settings
@@ -111,16 +97,11 @@ class DicomTarget:
             calling=calling or settings.aet_source,
         )
 
-    def _tls(self) -> tuple[ssl.SSLContext, str] | None:
+    def _tls(self) -> ssl.SSLContext | None:
         return None
 
-    def _association(self, peer: Peer, *, contexts: list[PresentationContext]) -> "_Open":
-        ae = AE(ae_title=peer.calling)
-        ae.requested_contexts = contexts
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._settings.timeout_s
-        ae.connection_timeout = self._settings.timeout_s
-        association = ae.associate(peer.host, peer.port, ae_title=peer.called, tls_args=self._tls())
-        return _Open(association, peer)
+    def _associate(self, peer: Peer, contexts: list[tuple[str, list[str]]]) -> Association:
+        return associate(peer, contexts, timeout_s=self._settings.timeout_s, tls=self._tls())
 
 
 @register("dicomtls", DicomTlsSettings)
@@ -129,65 +110,14 @@ class DicomTlsTarget(DicomTarget):
         super().__init__(settings)
         self._tls_settings = settings
 
-    def _tls(self) -> tuple[ssl.SSLContext, str]:
+    def _tls(self) -> ssl.SSLContext:
         settings = self._tls_settings
         try:
             context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca_cert)
             context.load_cert_chain(certfile=settings.tls_cert, keyfile=settings.tls_key)
         except (OSError, ssl.SSLError) as error:
             raise TargetMisconfigured(f"TLS key, certificate or CA unusable: {error}") from error
-        return context, settings.ip
-
-
-class _Open:
-    """An established association, released on exit (aborted if an error escapes)."""
-
-    def __init__(self, association: Association, peer: Peer) -> None:
-        self._association = association
-        self._peer = peer
-
-    def __enter__(self) -> Association:
-        association = self._association
-        where = f"{self._peer.called}@{self._peer.host}:{self._peer.port}"
-        if association.is_rejected:
-            result = association.acceptor.primitive.result if association.acceptor.primitive else 0
-            if result == 0x01:  # rejected-permanent (PS3.8 §7.1.1.7)
-                raise TargetRefused(f"{where} rejected the association permanently")
-            raise TargetUnavailable(f"{where} rejected the association for now")
-        if not association.is_established:
-            raise TargetUnavailable(f"{where} could not be reached")
-        _send_without_delay(association)
-        return association
-
-    def __exit__(self, error_type: type[BaseException] | None, *_rest: object) -> None:
-        if not self._association.is_established:
-            return
-        if error_type is None:
-            self._association.release()
-        else:
-            self._association.abort()
-
-
-def _shutdown_and_close(transport: AssociationSocket) -> None:
-    """pynetdicom 3.0 skips close() when shutdown() fails, as it does on a refused connection,
-    and leaks the socket; always close."""
-    if transport.socket is not None:
-        with contextlib.suppress(OSError):
-            transport.socket.shutdown(socket.SHUT_RDWR)
-        transport.socket.close()
-
-
-AssociationSocket._shutdown_socket = _shutdown_and_close  # type: ignore[method-assign, assignment]
-
-
-def _send_without_delay(association: Association) -> None:
-    """Disable Nagle (many small PDUs otherwise wait for delayed ACKs, measured 4x slower),
-    and let pynetdicom's DUL reactor nap 0.1 ms instead of 1 ms whenever its queue is
-    momentarily empty, which it is between every two of a series' thousands of PDUs."""
-    transport = association.dul.socket
-    if transport is not None and transport.socket is not None:
-        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    association.dul._run_loop_delay = 0.0001
+        return context
 
 
 def _chunks_by_context(instances: list[StagedInstance]) -> Iterator[list[StagedInstance]]:
@@ -209,35 +139,45 @@ def _chunks_by_context(instances: list[StagedInstance]) -> Iterator[list[StagedI
 
 
 def _contexts_needed(syntax: str) -> int:
-    return 1 if UID(syntax) in _UNCOMPRESSED or UID(syntax).is_compressed else 2
+    return 1 if syntax == ImplicitVRLittleEndian or UID(syntax).is_compressed else 2
 
 
-def _contexts_for(instances: list[StagedInstance]) -> list[PresentationContext]:
+def _contexts_for(instances: list[StagedInstance]) -> list[tuple[str, list[str]]]:
     pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
     contexts = []
     for sop_class, syntax in pairs:
-        contexts.append(build_context(sop_class, [syntax]))
+        contexts.append((sop_class, [syntax]))
         if _contexts_needed(syntax) == 2:
-            contexts.append(build_context(sop_class, list(_UNCOMPRESSED)))
+            contexts.append((sop_class, [other for other in _UNCOMPRESSED if other != syntax]))
     return contexts
 
 
-def _store(association: Association, instance: StagedInstance) -> int:
-    """C-STORE one instance; 1 if the target answered with a warning, else 0."""
-    if _accepts(association, instance.sop_class_uid, instance.transfer_syntax_uid):
-        response = association.send_c_store(instance.path)
-    elif not UID(instance.transfer_syntax_uid).is_compressed and any(
-        _accepts(association, instance.sop_class_uid, syntax) for syntax in _UNCOMPRESSED
-    ):
-        response = association.send_c_store(dcmread(instance.path))
-    else:
-        raise TargetRefused(
-            f"target accepts {instance.sop_class_uid} in none of the syntaxes it could be sent in "
-            f"(stored as {instance.transfer_syntax_uid})"
+def _store(association: Association, instances: list[StagedInstance]) -> int:
+    """C-STORE every instance, each read and framed while the target stores the one before;
+    how many the target answered with a warning."""
+    warnings = 0
+    waiting: tuple[StagedInstance, int, int] | None = None  # instance, context, message ID
+    for instance in instances:
+        context, data_set = _data_set_for(association, instance)
+        if waiting is not None:
+            warnings += _answer(association, *waiting)
+        message_id = association.send_store(
+            context,
+            sop_class_uid=instance.sop_class_uid,
+            sop_instance_uid=instance.sop_uid,
+            data_set=data_set,
         )
-    status = getattr(response, "Status", None) if response else None
-    if status is None:
-        raise TargetUnavailable(f"no C-STORE response for {instance.sop_uid}")
+        waiting = (instance, context, message_id)
+    if waiting is not None:
+        warnings += _answer(association, *waiting)
+    return warnings
+
+
+def _answer(
+    association: Association, instance: StagedInstance, context: int, message_id: int
+) -> int:
+    """The target's verdict on `instance`: 1 for a warning, 0 for success, else an error."""
+    status = association.response(context, message_id).status
     if status == 0x0000:
         return 0
     if status in _WARNINGS:
@@ -247,8 +187,32 @@ def _store(association: Association, instance: StagedInstance) -> int:
     raise TargetRefused(f"target refused {instance.sop_uid} with status 0x{status:04X}")
 
 
-def _accepts(association: Association, sop_class: str, syntax: str) -> bool:
-    return any(
-        context.abstract_syntax == sop_class and context.transfer_syntax[0] == syntax
-        for context in association.accepted_contexts
+def _data_set_for(association: Association, instance: StagedInstance) -> tuple[int, memoryview]:
+    """The context to send `instance` on, and its data set encoded for that context: the stored
+    bytes when the stored syntax was accepted, else converted to an accepted uncompressed one."""
+    context = association.context_for(instance.sop_class_uid, instance.transfer_syntax_uid)
+    if context is not None:
+        raw = instance.path.read_bytes()
+        try:
+            offset = read_file_meta(raw).dataset_offset
+        except CannotUnderstand as error:
+            raise TargetRefused(f"stored {instance.path.name}: {error}") from error
+        return context, memoryview(raw)[offset:]
+    if not UID(instance.transfer_syntax_uid).is_compressed:
+        for syntax in _UNCOMPRESSED:
+            context = association.context_for(instance.sop_class_uid, syntax)
+            if context is not None:
+                return context, _converted(instance, syntax)
+    raise TargetRefused(
+        f"target accepts {instance.sop_class_uid} in none of the syntaxes it could be sent in "
+        f"(stored as {instance.transfer_syntax_uid})"
     )
+
+
+def _converted(instance: StagedInstance, syntax: str) -> memoryview:
+    """The instance's data set re-encoded in an uncompressed little-endian `syntax`."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = syntax == ImplicitVRLittleEndian
+    write_dataset(buffer, dcmread(instance.path))
+    return memoryview(buffer.getvalue())
