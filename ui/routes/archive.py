@@ -1,12 +1,12 @@
 """The archive: search, a series' detail with its event timeline and results, and reprocessing."""
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
 from infra.catalogue import ReprocessRequested
 from projections import queries
@@ -21,8 +21,23 @@ router = APIRouter()
 
 SeriesUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64)]
 _TEXT = Field(default="", max_length=200)
+# The years ClickHouse's DateTime64 holds.
+FIRST_YEAR, LAST_YEAR = 1900, 2299
+
+
+def _in_utc(moment: datetime | None) -> datetime | None:
+    """A bound ClickHouse can compare with: in its range, in UTC (a time without zone is UTC)."""
+    if moment is None:
+        return None
+    if not FIRST_YEAR < moment.year < LAST_YEAR:
+        raise ValueError(f"dates must lie between the years {FIRST_YEAR} and {LAST_YEAR}")
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 # An empty date field of the search form means "no bound".
-Moment = Annotated[datetime | None, BeforeValidator(lambda value: value or None)]
+Moment = Annotated[
+    datetime | None, BeforeValidator(lambda value: value or None), AfterValidator(_in_utc)
+]
 
 
 class ArchiveFilters(BaseModel):

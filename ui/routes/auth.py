@@ -21,7 +21,7 @@ router = APIRouter()
 
 
 class Credentials(BaseModel):
-    username: str = Field(max_length=64)
+    username: str = Field(min_length=1, max_length=64)
     password: str = Field(max_length=1024)
 
 
@@ -85,7 +85,7 @@ def login_page(request: Request) -> HTMLResponse:
 def login_form(
     request: Request,
     services: ServicesDep,
-    username: Annotated[str, Form(max_length=64)],
+    username: Annotated[str, Form(min_length=1, max_length=64)],
     password: Annotated[str, Form(max_length=1024)],
 ) -> Response:
     try:
