@@ -241,7 +241,8 @@ def test_an_operators_day(stack: Stack, browser: Browser, tmp_path: Path) -> Non
     shot(page, "11-failures")
     # ... until the PACS is back and the operator retries it.
     with serving(storescp_command(pacs_port, pacs), port=pacs_port):
-        failures.get_by_role("button", name="Retry").click()
+        with page.expect_navigation():  # the page reloads once the retry is on the log
+            failures.get_by_role("button", name="Retry").click()
         shown(page, url + "/archive", series_row(second_uid), "done")
         assert len(list(pacs.iterdir())) == 3
     page.goto(url + "/queue")
