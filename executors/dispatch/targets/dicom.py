@@ -16,6 +16,7 @@ import ssl
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 from pydantic import Field, field_validator
 from pydicom import dcmread
@@ -26,11 +27,20 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_context
 from pynetdicom.association import Association
+from pynetdicom.events import EventHandlerType
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
 from executors.dispatch import TargetMisconfigured, TargetRefused, TargetUnavailable
-from executors.dispatch.target import Batch, Delivery, StagedInstance, TargetSettings, register
+from executors.dispatch.target import (
+    Batch,
+    Delivery,
+    Direction,
+    StagedInstance,
+    TargetSettings,
+    register,
+)
 
 MAX_CONTEXTS = 128
 VERIFICATION = "1.2.840.10008.1.1"
@@ -47,6 +57,7 @@ def _valid_ae_title(value: str) -> str:
 
 
 class DicomSettings(TargetSettings):
+    direction: Direction = "store"
     ip: str = Field(min_length=1, description="Host, or 'sender' to return to the sender.")
     port: int = Field(ge=1, le=65535)
     aet_target: str = Field(default="ANY-SCP", description="Called AE title.")
@@ -78,24 +89,25 @@ class DicomTarget:
         self._settings = settings
 
     def send(self, batch: Batch) -> Delivery:
-        peer = self._peer(batch.tags)
+        peer = self.peer(batch.tags)
         confirmed = warnings = 0
         for chunk in _chunks_by_context(batch.instances):
-            with self._association(peer, contexts=_contexts_for(chunk)) as association:
+            with self.associate(peer, contexts=_contexts_for(chunk)) as association:
                 for instance in chunk:
                     warnings += _store(association, instance)
                     confirmed += 1
         return Delivery(confirmed=confirmed, warnings=warnings)
 
     def test(self) -> str:
-        peer = self._peer({})
-        with self._association(peer, contexts=[build_context(VERIFICATION)]) as association:
+        peer = self.peer({})
+        with self.associate(peer, contexts=[build_context(VERIFICATION)]) as association:
             status = association.send_c_echo()
         if not status or status.Status != 0x0000:
             raise TargetUnavailable(f"C-ECHO to {peer.called}@{peer.host}:{peer.port} failed")
         return f"C-ECHO to {peer.called}@{peer.host}:{peer.port} succeeded"
 
-    def _peer(self, tags: Mapping[str, str]) -> Peer:
+    def peer(self, tags: Mapping[str, str]) -> Peer:
+        """Whom to associate with for a job with `tags` (return to sender, passed AE titles)."""
         settings = self._settings
         host = settings.ip
         if host == RETURN_TO_SENDER:
@@ -114,12 +126,28 @@ class DicomTarget:
     def _tls(self) -> tuple[ssl.SSLContext, str] | None:
         return None
 
-    def _association(self, peer: Peer, *, contexts: list[PresentationContext]) -> "_Open":
+    def associate(
+        self,
+        peer: Peer,
+        *,
+        contexts: list[PresentationContext],
+        roles: list[SCP_SCU_RoleSelectionNegotiation] | None = None,
+        handlers: list[EventHandlerType] | None = None,
+    ) -> "_Open":
+        """An association for a `with` block: released at its end, aborted on an error.
+        `roles` and `handlers` serve C-GET, where the peer sends us C-STOREs."""
         ae = AE(ae_title=peer.calling)
         ae.requested_contexts = contexts
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._settings.timeout_s
         ae.connection_timeout = self._settings.timeout_s
-        association = ae.associate(peer.host, peer.port, ae_title=peer.called, tls_args=self._tls())
+        association = ae.associate(
+            peer.host,
+            peer.port,
+            ae_title=peer.called,
+            tls_args=self._tls(),
+            ext_neg=cast("list[Any] | None", roles),
+            evt_handlers=handlers,
+        )
         return _Open(association, peer)
 
 
