@@ -1,5 +1,6 @@
 """Query jobs against Orthanc as a DICOM source: C-FIND study root, C-GET, the intake."""
 
+from collections import Counter
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -107,3 +108,48 @@ def test_a_job_of_five_accessions_retrieves_the_four_the_pacs_holds_and_reports_
         assert {(r.intake, r.job_id) for r in received} == {("retrieve", job_id)}
         for study in studies:
             assert_byte_identical(settings, orthanc, received, study.study_uid)
+
+
+def test_a_worker_killed_mid_job_finishes_it_after_a_restart_without_retrieving_twice(
+    settings: QuerySettings, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    studies = write_studies(
+        tmp_path / "studies", ["ACC1", "ACC2", "ACC3", "ACC4"], series=3, instances=20
+    )
+    load_into(orthanc, studies)
+    save_targets(settings, {"pacs": pacs(orthanc)})
+    study_of = {study.study_uid: study.accession for study in studies}
+    with reading(settings, [Topic.JOBS, Topic.INSTANCES]) as reader:
+        first = QueryWorkerProcess(settings, tmp_path / "first.log")
+        try:
+            job_id = submit(settings, "pacs", pacs(orthanc))
+            # Killed while the second accession is being retrieved.
+            reader.wait(
+                lambda r: any(study_of[i.study_uid] == "ACC2" for i in r.of(InstanceReceived)),
+                timeout_s=120,
+                what="the second accession's first instance",
+            )
+            first.kill()
+        finally:
+            first.stop()
+        before = {r.accession for r in reader.of(AccessionRetrieved)}
+        assert not reader.of(QueryJobCompleted), "the kill came too late to interrupt the job"
+        assert "ACC1" in before
+        assert before != {"ACC1", "ACC2", "ACC3", "ACC4"}
+
+        second = QueryWorkerProcess(settings, tmp_path / "second.log")
+        try:
+            reader.wait(completed(job_id), timeout_s=120, what="the job to complete")
+        finally:
+            second.stop()
+
+        [done] = reader.of(QueryJobCompleted)
+        assert (done.retrieved, done.not_found, done.failed) == (4, 1, 0)
+        retrieved = [r.accession for r in reader.of(AccessionRetrieved)]
+        assert sorted(retrieved) == ["ACC1", "ACC2", "ACC3", "ACC4"]  # each once
+        times = Counter(i.sop_uid for i in reader.of(InstanceReceived))
+        for study in studies:
+            held = orthanc.instance_files(study.study_uid)
+            assert set(held) <= set(times), f"{study.accession} retrieved incompletely"
+            if study.accession in before:
+                assert {times[sop] for sop in held} == {1}, f"{study.accession} retrieved twice"
