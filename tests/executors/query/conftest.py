@@ -5,7 +5,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,14 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
+from executors.query import jobs
 from executors.query.worker import QuerySettings
-from infra.catalogue import TargetSaved
+from infra.catalogue import QueryJobCompleted, TargetSaved
 from infra.events import Envelope
 from infra.kafka.broker import LocalBroker
+from infra.log import EventProducer
 from tests.conftest import settings_for
-from tests.executors.dispatch.conftest import Orthanc, orthanc
+from tests.executors.dispatch.conftest import Orthanc, orthanc, storescp
 from tests.ingest.dicom_files import ct_instance, new_uid
-from tests.support import publish
+from tests.support import LogReader, publish
 
 ROOT = Path(__file__).parents[3]
 
@@ -143,4 +145,37 @@ def query_worker(settings: QuerySettings, tmp_path: Path) -> Iterator[QueryWorke
     worker.stop()
 
 
-__all__ = ["orthanc"]  # the fixture, shared with the dispatch tests
+ACCESSIONS = ["ACC1", "ACC2", "MISSING", "ACC3", "ACC4"]
+
+
+def pacs(orthanc: Orthanc) -> dict[str, object]:
+    return {
+        "target_type": "dicom",
+        "direction": "query",
+        "ip": "127.0.0.1",
+        "port": orthanc.dicom_port,
+        "aet_target": "PACS",
+        "aet_source": "TALARIA",
+    }
+
+
+def submit(
+    settings: QuerySettings, source: str, config: dict[str, object], *, forced_rule: str = ""
+) -> str:
+    """A job of `ACCESSIONS` from `source`, submitted as the UI and the command line do."""
+    with EventProducer(settings, client_id="test") as producer:
+        return jobs.submit(
+            producer,
+            source=source,
+            source_config=config,
+            accessions=ACCESSIONS,
+            actor="alice",
+            forced_rule=forced_rule,
+        )
+
+
+def completed(job_id: str) -> Callable[[LogReader], bool]:
+    return lambda reader: any(c.job_id == job_id for c in reader.of(QueryJobCompleted))
+
+
+__all__ = ["Orthanc", "orthanc", "storescp"]  # fixtures shared with the dispatch tests

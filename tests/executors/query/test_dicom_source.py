@@ -1,14 +1,12 @@
 """Query jobs against Orthanc as a DICOM source: C-FIND study root, C-GET, the intake."""
 
 from collections import Counter
-from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
-from executors.query import jobs
 from executors.query.worker import QuerySettings
 from infra.blobstore import FolderBlobStore, parse_key
 from infra.catalogue import (
@@ -18,48 +16,21 @@ from infra.catalogue import (
     InstanceReceived,
     QueryJobCompleted,
 )
-from infra.log import EventProducer
 from infra.topics import Topic
 from tests.executors.dispatch.conftest import dataset_bytes_of
 from tests.executors.query.conftest import (
     Orthanc,
     QueryWorkerProcess,
+    completed,
     load_into,
+    pacs,
     save_targets,
+    submit,
     write_studies,
 )
-from tests.support import LogReader, reading
+from tests.support import reading
 
 pytestmark = pytest.mark.integration
-
-ACCESSIONS = ["ACC1", "ACC2", "MISSING", "ACC3", "ACC4"]
-
-
-def pacs(orthanc: Orthanc) -> dict[str, object]:
-    return {
-        "target_type": "dicom",
-        "direction": "query",
-        "ip": "127.0.0.1",
-        "port": orthanc.dicom_port,
-        "aet_target": "PACS",
-        "aet_source": "TALARIA",
-    }
-
-
-def submit(settings: QuerySettings, source: str, config: dict[str, object], **extra: str) -> str:
-    with EventProducer(settings, client_id="test") as producer:
-        return jobs.submit(
-            producer,
-            source=source,
-            source_config=config,
-            accessions=ACCESSIONS,
-            actor="alice",
-            **extra,
-        )
-
-
-def completed(job_id: str) -> Callable[[LogReader], bool]:
-    return lambda reader: any(c.job_id == job_id for c in reader.of(QueryJobCompleted))
 
 
 def assert_byte_identical(
