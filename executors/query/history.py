@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from infra.catalogue import (
     CATALOGUE,
@@ -191,11 +191,11 @@ class QueryLog:
         name = topic_name(Topic.JOBS, prefix=settings.topic_prefix)
         try:
             meta = self._consumer.list_topics(name, timeout=timeout_s).topics[name]
-        except Exception as error:
+            self._partitions = [TopicPartition(name, p) for p in sorted(meta.partitions)]
+            self._next = {tp.partition: self._start(tp, since) for tp in self._partitions}
+        except (KafkaException, LogUnavailable) as error:  # a leader election, a broker restart
             self._consumer.close()
             raise LogUnavailable(f"cannot read {name}: {error}") from error
-        self._partitions = [TopicPartition(name, p) for p in sorted(meta.partitions)]
-        self._next = {tp.partition: self._start(tp, since) for tp in self._partitions}
         self._consumer.assign([TopicPartition(name, p, offset) for p, offset in self._next.items()])
         self.jobs: dict[str, JobState] = {}
 

@@ -1,0 +1,142 @@
+"""DICOMweb (QIDO-RS and WADO-RS against Orthanc's plugin) and folder sources, failures that
+are retried with backoff, and the folder index."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from executors.query.service import query_service
+from executors.query.sources import Filters, FolderSource
+from executors.query.worker import QuerySettings
+from infra.blobstore import FolderBlobStore, parse_key
+from infra.catalogue import (
+    AccessionFailed,
+    AccessionNotFound,
+    AccessionRetrieved,
+    InstanceReceived,
+    QueryJobCompleted,
+)
+from infra.topics import Topic
+from tests.executors.dispatch.conftest import dataset_bytes_of
+from tests.executors.query.conftest import (
+    Orthanc,
+    completed,
+    load_into,
+    save_targets,
+    submit,
+    write_studies,
+)
+from tests.support import free_port, reading
+
+pytestmark = pytest.mark.integration
+
+
+def run_job(settings: QuerySettings, source: str, config: dict[str, object]) -> list[object]:
+    """Submit `ACCESSIONS` from `source` to an in-process worker; every event of the job."""
+    save_targets(settings, {source: config})
+    with reading(settings, [Topic.JOBS, Topic.INSTANCES]) as reader, query_service(settings):
+        job_id = submit(settings, source, config)
+        reader.wait(completed(job_id), timeout_s=90, what="the query job to complete")
+    return [envelope.payload for envelope, _ in reader.seen]
+
+
+def retrieved_files(settings: QuerySettings, events: list[object]) -> dict[str, bytes]:
+    store = FolderBlobStore(settings.blob_dir, min_free_bytes=0)
+    return {
+        event.sop_uid: store.get(parse_key(event.blob.key))
+        for event in events
+        if isinstance(event, InstanceReceived)
+    }
+
+
+def test_a_dicomweb_source_is_queried_with_qido_and_retrieved_with_wado(
+    settings: QuerySettings, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    studies = write_studies(
+        tmp_path / "studies", ["ACC1", "ACC2", "ACC3", "ACC4"], series=2, instances=2
+    )
+    load_into(orthanc, studies)
+    events = run_job(
+        settings,
+        "web-pacs",
+        {"target_type": "dicomweb", "direction": "both", "url": f"{orthanc.url}/dicom-web"},
+    )
+    [done] = [e for e in events if isinstance(e, QueryJobCompleted)]
+    assert (done.retrieved, done.not_found, done.failed) == (4, 1, 0)
+    assert [e.accession for e in events if isinstance(e, AccessionNotFound)] == ["MISSING"]
+    ours = retrieved_files(settings, events)
+    held = {
+        sop: data
+        for study in studies
+        for sop, data in orthanc.instance_files(study.study_uid).items()
+    }
+    assert set(ours) == set(held)
+    assert all(dataset_bytes_of(ours[sop]) == dataset_bytes_of(held[sop]) for sop in held)
+
+
+def test_a_folder_source_is_indexed_and_retrieved_byte_identical(
+    settings: QuerySettings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "archive"
+    studies = write_studies(folder, ["ACC1", "ACC2", "ACC3", "ACC4"], series=2, instances=2)
+    (folder / "README.txt").write_text("not a DICOM file")
+    events = run_job(
+        settings,
+        "archive",
+        {"target_type": "dicomweb", "direction": "query", "url": f"file://{folder}"},
+    )
+    [done] = [e for e in events if isinstance(e, QueryJobCompleted)]
+    assert (done.retrieved, done.not_found, done.failed) == (4, 1, 0)
+    ours = retrieved_files(settings, events)
+    originals = {path: path.read_bytes() for study in studies for path in study.files}
+    # A folder's files are Part 10 files: they go in whole, file meta and all.
+    assert sorted(ours.values()) == sorted(originals.values())
+    assert {e.intake for e in events if isinstance(e, InstanceReceived)} == {"retrieve"}
+
+
+def test_the_folder_index_rereads_only_files_that_changed(tmp_path: Path) -> None:
+    folder = tmp_path / "archive"
+    [study] = write_studies(folder, ["ACC1"], series=2, instances=3)
+    source = FolderSource(folder, index_dir=tmp_path / "index")
+    assert source.reindex() == 6
+    assert source.reindex() == 0
+    assert [m.instances for m in source.find("ACC1", Filters())] == [3, 3]
+    assert [m.instances for m in source.find("ACC1", Filters(series_description="AX*"))] == [3]
+    assert source.find("ACC1", Filters(study_description="MR*")) == []
+
+    [other] = write_studies(tmp_path / "new", ["ACC9"], series=1, instances=1)
+    moved = folder / "late.dcm"
+    other.files[0].rename(moved)
+    study.files[0].unlink()
+    os.utime(study.files[1], ns=(1, 1))  # touched: read again
+    assert source.reindex() == 2
+    assert [m.instances for m in source.find("ACC9", Filters())] == [1]
+    assert sorted(m.instances or 0 for m in source.find("ACC1", Filters())) == [2, 3]
+
+
+def test_an_unreachable_source_is_retried_with_backoff_then_reported_for_every_accession(
+    settings: QuerySettings,
+) -> None:
+    down = {
+        "target_type": "dicom",
+        "direction": "query",
+        "ip": "127.0.0.1",
+        "port": free_port(),
+        "aet_target": "PACS",
+    }
+    events = run_job(settings, "down", down)
+    failures = [e for e in events if isinstance(e, AccessionFailed)]
+    by_accession: dict[str, list[AccessionFailed]] = {}
+    for failure in failures:
+        by_accession.setdefault(failure.accession, []).append(failure)
+    assert set(by_accession) == {"ACC1", "ACC2", "MISSING", "ACC3", "ACC4"}
+    for attempts in by_accession.values():
+        assert [(f.attempt, f.will_retry) for f in attempts] == [(1, True), (2, True), (3, False)]
+        assert "could not be reached" in attempts[0].reason
+    # One accession's backoff holds up none of the others: every first attempt comes before
+    # any second one.
+    assert [f.attempt for f in failures[:5]] == [1] * 5
+    [done] = [e for e in events if isinstance(e, QueryJobCompleted)]
+    assert (done.retrieved, done.not_found, done.failed) == (0, 0, 5)
+    assert not [e for e in events if isinstance(e, AccessionRetrieved)]
