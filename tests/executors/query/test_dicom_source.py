@@ -58,7 +58,7 @@ def test_a_job_of_five_accessions_retrieves_the_four_the_pacs_holds_and_reports_
     load_into(orthanc, studies)
     save_targets(settings, {"pacs": pacs(orthanc)})
     with reading(settings, [Topic.JOBS, Topic.INSTANCES]) as reader:
-        job_id = submit(settings, "pacs", pacs(orthanc))
+        job_id = submit(settings, "pacs", pacs(orthanc), forced_rule="priors")
         reader.wait(completed(job_id), timeout_s=90, what="the query job to complete")
 
         [done] = [c for c in reader.of(QueryJobCompleted) if c.job_id == job_id]
@@ -77,6 +77,7 @@ def test_a_job_of_five_accessions_retrieves_the_four_the_pacs_holds_and_reports_
         received = reader.of(InstanceReceived)
         assert len(received) == 24
         assert {(r.intake, r.job_id) for r in received} == {("retrieve", job_id)}
+        assert {r.tags["talariaForceRule"] for r in received} == {"priors"}
         for study in studies:
             assert_byte_identical(settings, orthanc, received, study.study_uid)
 

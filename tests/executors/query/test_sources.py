@@ -2,10 +2,13 @@
 are retried with backoff, and the folder index."""
 
 import os
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from executors.query import jobs
 from executors.query.service import query_service
 from executors.query.sources import Filters, FolderSource
 from executors.query.worker import QuerySettings
@@ -15,9 +18,11 @@ from infra.catalogue import (
     AccessionNotFound,
     AccessionRetrieved,
     InstanceReceived,
+    QueryFact,
     QueryJobCompleted,
 )
-from infra.topics import Topic
+from infra.log import EventProducer
+from infra.topics import Lane, Topic
 from tests.executors.dispatch.conftest import dataset_bytes_of
 from tests.executors.query.conftest import (
     Orthanc,
@@ -27,7 +32,7 @@ from tests.executors.query.conftest import (
     submit,
     write_studies,
 )
-from tests.support import free_port, reading
+from tests.support import LogReader, free_port, reading
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +145,38 @@ def test_an_unreachable_source_is_retried_with_backoff_then_reported_for_every_a
     [done] = [e for e in events if isinstance(e, QueryJobCompleted)]
     assert (done.retrieved, done.not_found, done.failed) == (0, 0, 5)
     assert not [e for e in events if isinstance(e, AccessionRetrieved)]
+
+
+def test_an_offpeak_job_waits_for_the_window_while_a_normal_one_runs(
+    settings: QuerySettings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "archive"
+    write_studies(folder, ["ACC1"], series=1, instances=1)
+    later = datetime.now() + timedelta(hours=2)
+    window = f"{later:%H:%M}-{later + timedelta(hours=1):%H:%M}"
+    settings = settings.model_copy(update={"offpeak_window": window})
+    config = {"target_type": "dicomweb", "direction": "query", "url": f"file://{folder}"}
+    save_targets(settings, {"archive": config})
+    with (
+        reading(settings, [Topic.JOBS]) as reader,
+        query_service(settings),
+        EventProducer(settings, client_id="test") as producer,
+    ):
+        offpeak, normal = (
+            jobs.submit(
+                producer,
+                source="archive",
+                source_config=config,
+                accessions=["ACC1"],
+                actor="alice",
+                lane=lane,
+            )
+            for lane in (Lane.OFFPEAK, Lane.NORMAL)
+        )
+        reader.wait(completed(normal), timeout_s=90, what="the normal job")
+        time.sleep(3)
+    assert {type(fact).__name__ for fact in facts_of(reader, offpeak)} == {"QueryJobSubmitted"}
+
+
+def facts_of(reader: LogReader, job_id: str) -> list[QueryFact]:
+    return [f for f in reader.of(QueryFact) if f.job_id == job_id]
