@@ -381,6 +381,9 @@ class QueryJobSubmitted(QueryFact):
     series_description: str = ""
     forced_rule: str = ""
     lane: Lane = Lane.NORMAL
+    destination: str = Field(
+        default="", description="A folder target to write to instead of Talaria's intake."
+    )
 
 
 @CATALOGUE.register

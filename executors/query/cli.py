@@ -47,6 +47,9 @@ def query_submit(
         str, typer.Option(help="Only series matching (wildcards * ?).")
     ] = "",
     forced_rule: Annotated[str, typer.Option(help="Route what is retrieved by this rule.")] = "",
+    destination: Annotated[
+        str, typer.Option(help="A folder target to write to instead of Talaria's intake.")
+    ] = "",
     offpeak: Annotated[bool, typer.Option(help="Run in the off-peak window only.")] = False,
     wait: Annotated[bool, typer.Option(help="Follow the job to its end.")] = True,
 ) -> None:
@@ -57,6 +60,7 @@ def query_submit(
         wanted += jobs.parse_accessions(file.read_text(encoding="utf-8", errors="replace"))
     config = read_configuration(settings)
     target = config.targets.get(source)
+    folder = config.targets.get(destination) if destination else None
     if forced_rule and forced_rule not in config.rules:
         raise jobs.QueryRequestInvalid(f"no rule named {forced_rule!r}")
     with EventProducer(settings, client_id="talaria-query") as producer:
@@ -70,6 +74,8 @@ def query_submit(
             series_description=series_description,
             forced_rule=forced_rule,
             lane=Lane.OFFPEAK if offpeak else Lane.NORMAL,
+            destination=destination,
+            destination_config=None if folder is None else folder.model_dump(),
         )
     console.print(f"query job {job_id} submitted")
     if wait:

@@ -50,13 +50,18 @@ def submit(
     series_description: str = "",
     forced_rule: str = "",
     lane: Lane = Lane.NORMAL,
+    destination: str = "",
+    destination_config: Mapping[str, Any] | None = None,
 ) -> str:
-    """Publish a new job; its id. `QueryRequestInvalid` when it names no usable source or
-    holds no (or too many, or too long) accession numbers."""
+    """Publish a new job; its id. `QueryRequestInvalid` when it names no usable source (or
+    a destination that is no folder target), or holds no (or too many, or too long)
+    accession numbers."""
     try:
         source_settings(source_config, name=source)
     except TargetMisconfigured as error:
         raise QueryRequestInvalid(str(error)) from error
+    if destination and (destination_config or {}).get("target_type") != "folder":
+        raise QueryRequestInvalid(f"no folder target named {destination!r}")
     if not accessions:
         raise QueryRequestInvalid("give at least one accession number")
     if len(accessions) > MAX_ACCESSIONS:
@@ -73,6 +78,7 @@ def submit(
         series_description=series_description,
         forced_rule=forced_rule,
         lane=lane,
+        destination=destination,
     )
     _publish(producer, submitted, actor=actor)
     _start(producer, job_id, run=1, lane=lane, submitted_at=datetime.now(UTC), actor=actor)

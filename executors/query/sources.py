@@ -40,6 +40,7 @@ from executors.dispatch.targets import target_settings
 from executors.dispatch.targets.dicom import DicomSettings, DicomTarget, Peer
 from executors.dispatch.targets.dicomweb import DicomWebSettings, web_client
 from executors.dispatch.targets.http import call
+from infra.errors import TransientError
 from ingest.errors import CannotUnderstand, Refused
 from ingest.intake import Arrival
 from ingest.multipart import boundary_of, split_parts
@@ -305,7 +306,9 @@ def _deliver_file(data: bytes, deliver: Deliver) -> None:
     try:
         deliver(Arrival.from_file(data))
     except Refused as refusal:
-        raise TargetRefused(f"an instance was refused by the intake: {refusal}") from refusal
+        if isinstance(refusal, TransientError):
+            raise TargetUnavailable(f"an instance could not be taken now: {refusal}") from refusal
+        raise TargetRefused(f"an instance was refused: {refusal}") from refusal
 
 
 # --- a local folder, indexed ------------------------------------------------------------------

@@ -11,15 +11,21 @@ exponential backoff while the others go on; after the last attempt, or on a perm
 stops there until it is resumed. `QueryJobCompleted` closes the run.
 """
 
+import re
+import shutil
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from pydantic import Field
 
+from executors.dispatch import TargetMisconfigured
+from executors.dispatch.staging import describe
+from executors.dispatch.target import Batch, Target
+from executors.dispatch.targets import open_target
 from executors.query.history import JobState, QueryLog
 from executors.query.sources import Filters, SeriesMatch, Source, open_source
 from executors.retry import RetryPolicy
@@ -31,11 +37,13 @@ from infra.catalogue import (
     AccessionRetrieved,
     QueryFact,
     QueryJobCompleted,
+    QueryJobSubmitted,
     RunQueryJob,
 )
 from infra.errors import PermanentError, TransientError
 from infra.events import Envelope
 from infra.log import EventProducer
+from ingest.errors import OutOfResources
 from ingest.intake import Arrival, Intake, Origin
 from ingest.settings import IngestSettings
 
@@ -118,7 +126,6 @@ class _Run:
             study_description=submitted.study_description,
             series_description=submitted.series_description,
         )
-        origin = Origin(intake="retrieve", job_id=job.job_id, forced_rule=submitted.forced_rule)
         waiting = {
             name: state.next_attempt_at or worker._clock()
             for name, state in job.accessions.items()
@@ -130,6 +137,7 @@ class _Run:
                 name=submitted.source,
                 index_dir=worker._index_dir,
             )
+            sink = self._sink(submitted)
         except PermanentError as error:
             for accession in waiting:
                 self._failed(accession, attempt=1, reason=str(error), retry_at=None)
@@ -149,7 +157,7 @@ class _Run:
             state = job.accessions[accession]
             attempt = (state.attempts if state.run == self._run else 0) + 1
             try:
-                self._retrieve(source, accession, filters, origin)
+                self._retrieve(source, accession, filters, sink)
                 del waiting[accession]
             except TransientError as error:
                 retry_at = worker._policy.next_attempt(attempt, now=worker._clock())
@@ -172,7 +180,20 @@ class _Run:
             )
         )
 
-    def _retrieve(self, source: Source, accession: str, filters: Filters, origin: Origin) -> None:
+    def _sink(self, submitted: QueryJobSubmitted) -> "_Sink":
+        worker = self._worker
+        if not submitted.destination:
+            origin = Origin(
+                intake="retrieve", job_id=self._job_id, forced_rule=submitted.forced_rule
+            )
+            return _IntakeSink(worker._intake, origin)
+        config = worker._target_config(submitted.destination)
+        if config is None or config.get("target_type") != "folder":
+            raise TargetMisconfigured(f"no folder target named {submitted.destination!r}")
+        staging = worker._index_dir / "staging" / self._job_id
+        return _FolderSink(open_target(config), staging=staging, job_id=self._job_id)
+
+    def _retrieve(self, source: Source, accession: str, filters: Filters, sink: "_Sink") -> None:
         matches = source.find(accession, filters)
         if not matches:
             self._publish(
@@ -193,11 +214,12 @@ class _Run:
         )
         instances = size = 0
         for match in matches:
-            received = _Counter(self._worker._intake, origin)
+            received = _Counter(sink)
             source.retrieve(match, received.deliver)
             _check_complete(match, received.instances)
             instances += received.instances
             size += received.bytes
+        sink.finish(accession, study_uid=study_uids[0])
         self._publish(
             AccessionRetrieved(
                 job_id=self._job_id,
@@ -229,17 +251,78 @@ class _Run:
         self._worker.publish(self._cause, fact)
 
 
-class _Counter:
-    """The intake, counting what it took."""
+class _Sink(Protocol):
+    """Where retrieved instances go."""
+
+    def take(self, arrival: Arrival) -> None:
+        """One instance; `Refused` (with its DICOM status) if it cannot be taken."""
+
+    def finish(self, accession: str, *, study_uid: str) -> None:
+        """Every instance of `accession` was taken."""
+
+
+class _IntakeSink:
+    """Into Talaria, as if received: blob store, `InstanceReceived`, the rules."""
 
     def __init__(self, intake: Intake, origin: Origin) -> None:
         self._intake = intake
         self._origin = origin
+
+    def take(self, arrival: Arrival) -> None:
+        self._intake.receive(arrival, self._origin)
+
+    def finish(self, accession: str, *, study_uid: str) -> None:
+        return None
+
+
+class _FolderSink:
+    """Into a folder target, each accession in `<folder>/<job>/<accession>/` (the folder
+    target's `.complete` marker last), not into Talaria."""
+
+    def __init__(self, target: Target, *, staging: Path, job_id: str) -> None:
+        self._target = target
+        self._staging = staging
+        self._job_id = job_id
+        self._files: list[Path] = []
+
+    def take(self, arrival: Arrival) -> None:
+        self._staging.mkdir(parents=True, exist_ok=True)
+        path = self._staging / f"{len(self._files):06d}.dcm"
+        try:
+            path.write_bytes(arrival.file)
+        except OSError as error:
+            raise OutOfResources(f"cannot stage a retrieved instance: {error}") from error
+        self._files.append(path)
+
+    def finish(self, accession: str, *, study_uid: str) -> None:
+        try:
+            batch = Batch(
+                job_id=f"{self._job_id}/{_safe_name(accession)}",
+                study_uid=study_uid,
+                instances=[describe(path) for path in self._files],
+                tags={},
+            )
+            self._target.send(batch)
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._files = []
+
+
+def _safe_name(accession: str) -> str:
+    """An accession number as a folder name (it may hold '/' or start with '.')."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", accession)
+
+
+class _Counter:
+    """A sink, counting what it took."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
         self.instances = 0
         self.bytes = 0
 
     def deliver(self, arrival: Arrival) -> None:
-        self._intake.receive(arrival, self._origin)
+        self._sink.take(arrival)
         self.instances += 1
         self.bytes += len(arrival.file)
 

@@ -33,6 +33,9 @@ class QueryJobRequest(BaseModel):
     series_description: str = Field(default="", max_length=64, description="Wildcards * and ?.")
     forced_rule: str = Field(default="", max_length=64, description="Route by this rule.")
     offpeak: bool = Field(default=False, description="Run in the off-peak window only.")
+    destination: str = Field(
+        default="", max_length=64, description="A folder target to write to instead."
+    )
 
 
 class QueryJobCreated(BaseModel):
@@ -81,6 +84,7 @@ def submit_job(body: QueryJobRequest, services: ServicesDep, user: Admin) -> Que
     if body.forced_rule and body.forced_rule not in config.rules:
         raise HTTPException(status_code=422, detail=f"no rule named {body.forced_rule!r}")
     target = config.targets.get(body.source)
+    folder = config.targets.get(body.destination) if body.destination else None
     try:
         job_id = jobs.submit(
             services.producer,
@@ -92,6 +96,8 @@ def submit_job(body: QueryJobRequest, services: ServicesDep, user: Admin) -> Que
             series_description=body.series_description,
             forced_rule=body.forced_rule,
             lane=Lane.OFFPEAK if body.offpeak else Lane.NORMAL,
+            destination=body.destination,
+            destination_config=None if folder is None else folder.model_dump(),
         )
     except jobs.QueryRequestInvalid as error:
         raise HTTPException(status_code=422, detail=str(error)) from error
@@ -131,5 +137,10 @@ def query_page(request: Request, services: ServicesDep, user: Viewer) -> HTMLRes
         user=user,
         jobs=list_jobs(services, user),
         sources=_sources(services),
+        folders=sorted(
+            name
+            for name, target in services.view.config.targets.items()
+            if target.target_type == "folder"
+        ),
         rules=sorted(services.view.config.rules),
     )

@@ -180,3 +180,45 @@ def test_an_offpeak_job_waits_for_the_window_while_a_normal_one_runs(
 
 def facts_of(reader: LogReader, job_id: str) -> list[QueryFact]:
     return [f for f in reader.of(QueryFact) if f.job_id == job_id]
+
+
+def test_a_job_may_write_to_a_folder_target_instead_of_the_intake(
+    settings: QuerySettings, tmp_path: Path
+) -> None:
+    archive, out = tmp_path / "archive", tmp_path / "out"
+    out.mkdir()
+    studies = write_studies(archive, ["ACC1", "ACC/2"], series=2, instances=2)
+    source = {"target_type": "dicomweb", "direction": "query", "url": f"file://{archive}"}
+    folder = {"target_type": "folder", "folder": str(out)}
+    save_targets(settings, {"archive": source, "out": folder})
+    with (
+        reading(settings, [Topic.JOBS, Topic.INSTANCES]) as reader,
+        query_service(settings),
+        EventProducer(settings, client_id="test") as producer,
+    ):
+        with pytest.raises(jobs.QueryRequestInvalid, match="no folder target named 'archive'"):
+            jobs.submit(
+                producer,
+                source="archive",
+                source_config=source,
+                accessions=["ACC1"],
+                actor="alice",
+                destination="archive",
+                destination_config=source,
+            )
+        job_id = jobs.submit(
+            producer,
+            source="archive",
+            source_config=source,
+            accessions=["ACC1", "ACC/2"],
+            actor="alice",
+            destination="out",
+            destination_config=folder,
+        )
+        reader.wait(completed(job_id), timeout_s=90, what="the job")
+    assert not reader.of(InstanceReceived)
+    for study, name in zip(studies, ["ACC1", "ACC_2"], strict=True):
+        written = out / job_id / name
+        assert (written / ".complete").exists()
+        files = sorted(p.read_bytes() for p in written.glob("*.dcm"))
+        assert files == sorted(path.read_bytes() for path in study.files)
