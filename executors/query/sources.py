@@ -1,6 +1,6 @@
-"""Where query jobs retrieve from: a DICOM peer (C-FIND study root, then C-GET), a DICOMweb
-server (QIDO-RS, then WADO-RS), or a local folder of DICOM files (a `file://` DICOMweb target,
-indexed in a small SQLite file and re-indexed where files changed).
+"""Where query jobs retrieve from: a DICOM peer (C-FIND study root, then C-GET or C-MOVE), a
+DICOMweb server (QIDO-RS, then WADO-RS), or a local folder of DICOM files (a `file://`
+DICOMweb target, indexed in a small SQLite file and re-indexed where files changed).
 
 Every source finds the series of an accession (study and series descriptions filtered with
 DICOM wildcards `*` and `?`), then retrieves them one series at a time, handing each instance
@@ -22,6 +22,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import (
+    AE,
     ALL_TRANSFER_SYNTAXES,
     StoragePresentationContexts,
     build_context,
@@ -33,6 +34,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from executors.dispatch import TargetMisconfigured, TargetRefused, TargetUnavailable
@@ -106,11 +108,12 @@ def open_source(config: Mapping[str, Any] | None, *, name: str, index_dir: Path)
     return DicomWebSource(settings)
 
 
-# --- DICOM: C-FIND study root, C-GET --------------------------------------------------------------
+# --- DICOM: C-FIND study root, C-GET or C-MOVE ------------------------------------------------
 
 
 class DicomSource:
     def __init__(self, settings: DicomSettings) -> None:
+        self._settings = settings
         self._target = DicomTarget(settings)
         self._peer: Peer = self._target.peer({})
 
@@ -147,12 +150,6 @@ class DicomSource:
         return matches
 
     def retrieve(self, series: SeriesMatch, deliver: Deliver) -> int:
-        storage = StoragePresentationContexts[:_MAX_STORAGE_CONTEXTS]
-        contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)] + [
-            build_context(context.abstract_syntax or "", ALL_TRANSFER_SYNTAXES)
-            for context in storage
-        ]
-        roles = [build_role(context.abstract_syntax or "", scp_role=True) for context in storage]
         stored = 0
 
         def store(event: Event) -> int:
@@ -165,24 +162,80 @@ class DicomSource:
         identifier.QueryRetrieveLevel = "SERIES"
         identifier.StudyInstanceUID = series.study_uid
         identifier.SeriesInstanceUID = series.series_uid
+        if self._settings.retrieve == "move":
+            final = self._move(identifier, store)
+        else:
+            final = self._get(identifier, store)
+        operation = f"C-{self._settings.retrieve.upper()}"
+        if final is None or final.Status not in (0x0000, 0xB000):
+            code = "none" if final is None else f"0x{final.Status:04X}"
+            raise _status_error(operation, final.Status if final is not None else 0xA700, code)
+        failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
+        if final.Status == 0xB000 or failed:
+            raise TargetUnavailable(f"{operation}: partial retrieve, {failed} instances failed")
+        return stored
+
+    def _get(self, identifier: Dataset, store: Callable[[Event], int]) -> Dataset | None:
+        """C-GET: the source sends the instances back on our association."""
+        storage = StoragePresentationContexts[:_MAX_STORAGE_CONTEXTS]
+        contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)] + [
+            build_context(context.abstract_syntax or "", ALL_TRANSFER_SYNTAXES)
+            for context in storage
+        ]
+        roles = [build_role(context.abstract_syntax or "", scp_role=True) for context in storage]
         with self._target.associate(
             self._peer, contexts=contexts, roles=roles, handlers=[(evt.EVT_C_STORE, store)]
         ) as association:
-            responses = association.send_c_get(
-                identifier, StudyRootQueryRetrieveInformationModelGet
+            return _final(
+                association.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet),
+                operation="C-GET",
             )
-            final = None
-            for status, _identifier in responses:
-                if not status:
-                    raise TargetUnavailable("C-GET: the source stopped answering")
-                final = status
-        if final is None or final.Status not in (0x0000, 0xB000):
-            code = "none" if final is None else f"0x{final.Status:04X}"
-            raise _status_error("C-GET", final.Status if final is not None else 0xA700, code)
-        failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
-        if final.Status == 0xB000 or failed:
-            raise TargetUnavailable(f"C-GET: partial retrieve, {failed} instances failed")
-        return stored
+
+    def _move(self, identifier: Dataset, store: Callable[[Event], int]) -> Dataset | None:
+        """C-MOVE to our own AE title (`aet_source`): the source opens associations to
+        `move_bind:move_port`, where a storage SCP listens for the duration of the move and
+        takes associations from the source's AE title only."""
+        settings = self._settings
+        receiver = AE(ae_title=self._peer.calling)
+        for context in StoragePresentationContexts:
+            receiver.add_supported_context(context.abstract_syntax or "", ALL_TRANSFER_SYNTAXES)
+        receiver.require_calling_aet = [self._peer.called]
+        try:
+            server = receiver.start_server(
+                (settings.move_bind, settings.move_port),
+                block=False,
+                evt_handlers=[(evt.EVT_C_STORE, store)],
+            )
+        except OSError as error:
+            raise TargetUnavailable(
+                f"cannot listen on {settings.move_bind}:{settings.move_port}: {error}"
+            ) from error
+        try:
+            context = build_context(StudyRootQueryRetrieveInformationModelMove)
+            with self._target.associate(self._peer, contexts=[context]) as association:
+                return _final(
+                    association.send_c_move(
+                        identifier,
+                        self._peer.calling,
+                        StudyRootQueryRetrieveInformationModelMove,
+                    ),
+                    operation="C-MOVE",
+                )
+        finally:
+            if server is not None:
+                server.shutdown()
+
+
+def _final(
+    responses: Iterator[tuple[Dataset, Dataset | None]], *, operation: str
+) -> Dataset | None:
+    """The last status of a C-GET or C-MOVE (after its pending ones)."""
+    final = None
+    for status, _identifier in responses:
+        if not status:
+            raise TargetUnavailable(f"{operation}: the source stopped answering")
+        final = status
+    return final
 
 
 def _find(association: Any, identifier: Dataset) -> Iterator[Dataset]:
@@ -206,17 +259,18 @@ def _status_error(operation: str, status: int, code: str) -> Exception:
 
 
 def _deliver_stored(event: Event, deliver: Deliver) -> int:
-    """A C-STORE inside our C-GET: its data set as received goes to `deliver`."""
+    """A C-STORE of our C-GET or C-MOVE: its data set as received goes to `deliver`."""
     request = event.request
     assert isinstance(request, C_STORE)
-    acceptor = event.assoc.acceptor
+    association = event.assoc
+    sender = association.acceptor if association.is_requestor else association.requestor
     arrival = Arrival.from_data_set(
         [request.DataSet.getbuffer()] if request.DataSet is not None else [],
         sop_class_uid=str(request.AffectedSOPClassUID),
         sop_instance_uid=str(request.AffectedSOPInstanceUID),
         transfer_syntax_uid=str(event.context.transfer_syntax),
-        implementation_class_uid=acceptor.implementation_class_uid or IMPLEMENTATION_CLASS_UID,
-        implementation_version_name=acceptor.implementation_version_name or "",
+        implementation_class_uid=sender.implementation_class_uid or IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=sender.implementation_version_name or "",
     )
     try:
         deliver(arrival)

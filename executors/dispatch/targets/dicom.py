@@ -16,7 +16,7 @@ import ssl
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from pydantic import Field, field_validator
 from pydicom import dcmread
@@ -58,6 +58,13 @@ def _valid_ae_title(value: str) -> str:
 
 class DicomSettings(TargetSettings):
     direction: Direction = "store"
+    retrieve: Literal["get", "move"] = Field(
+        default="get",
+        description="As a source: C-GET, or C-MOVE to aet_source (the source must know that "
+        "AE title at move_bind:move_port).",
+    )
+    move_bind: str = Field(default="127.0.0.1", description="Where C-MOVE's storage SCP listens.")
+    move_port: int = Field(default=11113, ge=1, le=65535)
     ip: str = Field(min_length=1, description="Host, or 'sender' to return to the sender.")
     port: int = Field(ge=1, le=65535)
     aet_target: str = Field(default="ANY-SCP", description="Called AE title.")

@@ -134,6 +134,8 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 class Orthanc:
     http_port: int
     dicom_port: int
+    move_port: int
+    """Where Orthanc sends a C-MOVE to the AE title TALARIA."""
 
     @property
     def url(self) -> str:
@@ -155,8 +157,9 @@ class Orthanc:
 
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    """Debian's Orthanc as a PACS: C-FIND and C-GET for any AE, DICOMweb at /dicom-web/."""
-    http_port, dicom_port = free_port(), free_port()
+    """Debian's Orthanc as a PACS: C-FIND and C-GET for any AE, C-MOVE to TALARIA at
+    127.0.0.1:`move_port`, DICOMweb at /dicom-web/."""
+    http_port, dicom_port, move_port = free_port(), free_port(), free_port()
     config = tmp_path / "orthanc.json"
     config.write_text(
         json.dumps(
@@ -171,6 +174,8 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
                 "DicomAlwaysAllowFind": True,
                 "DicomAlwaysAllowGet": True,
                 "DicomAlwaysAllowStore": True,
+                "DicomAlwaysAllowMove": True,
+                "DicomModalities": {"talaria": ["TALARIA", "127.0.0.1", move_port]},
                 "RemoteAccessAllowed": False,
                 "AuthenticationEnabled": False,
                 "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
@@ -179,7 +184,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         )
     )
     with serving(["/usr/sbin/Orthanc", "--logdir=" + str(tmp_path), str(config)], port=http_port):
-        yield Orthanc(http_port=http_port, dicom_port=dicom_port)
+        yield Orthanc(http_port=http_port, dicom_port=dicom_port, move_port=move_port)
 
 
 @dataclass(frozen=True)

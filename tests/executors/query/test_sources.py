@@ -28,6 +28,7 @@ from tests.executors.query.conftest import (
     Orthanc,
     completed,
     load_into,
+    pacs,
     save_targets,
     submit,
     write_studies,
@@ -222,3 +223,22 @@ def test_a_job_may_write_to_a_folder_target_instead_of_the_intake(
         assert (written / ".complete").exists()
         files = sorted(p.read_bytes() for p in written.glob("*.dcm"))
         assert files == sorted(path.read_bytes() for path in study.files)
+
+
+def test_a_dicom_source_may_retrieve_with_c_move_to_talarias_own_ae(
+    settings: QuerySettings, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    studies = write_studies(tmp_path / "studies", ["ACC1", "ACC2"], series=2, instances=2)
+    load_into(orthanc, studies)
+    config = {**pacs(orthanc), "retrieve": "move", "move_port": orthanc.move_port}
+    events = run_job(settings, "pacs-move", config)
+    [done] = [e for e in events if isinstance(e, QueryJobCompleted)]
+    assert (done.retrieved, done.not_found, done.failed) == (2, 3, 0)
+    ours = retrieved_files(settings, events)
+    held = {
+        sop: data
+        for study in studies
+        for sop, data in orthanc.instance_files(study.study_uid).items()
+    }
+    assert set(ours) == set(held)
+    assert all(dataset_bytes_of(ours[sop]) == dataset_bytes_of(held[sop]) for sop in held)
