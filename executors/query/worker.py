@@ -70,6 +70,8 @@ class Stopped(TransientError):
 
 
 class QueryWorker:
+    """Runs query jobs; what it holds is shared by the runs it carries out."""
+
     def __init__(
         self,
         *,
@@ -82,20 +84,20 @@ class QueryWorker:
         stop: threading.Event,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._producer = producer
-        self._intake = intake
-        self._open_log = open_log
-        self._target_config = target_config
-        self._policy = policy
-        self._index_dir = index_dir
-        self._stop = stop
-        self._clock = clock
+        self.producer = producer
+        self.intake = intake
+        self.open_log = open_log
+        self.target_config = target_config
+        self.policy = policy
+        self.index_dir = index_dir
+        self.stop = stop
+        self.clock = clock
 
     def handle(self, envelope: Envelope) -> None:
         command = envelope.payload
         if not isinstance(command, RunQueryJob):
             return
-        with self._open_log(command.submitted_at) as history:
+        with self.open_log(command.submitted_at) as history:
             job = history.refresh().get(command.job_id)
             if job is None:
                 raise PermanentError(f"query job {command.job_id} was never submitted")
@@ -104,7 +106,7 @@ class QueryWorker:
             _Run(self, envelope, command, history).carry_out(job)
 
     def publish(self, cause: Envelope, fact: QueryFact) -> None:
-        self._producer.publish(cause.caused(fact, source=SOURCE, subject=fact.job_id))
+        self.producer.publish(cause.caused(fact, source=SOURCE, subject=fact.job_id))
 
 
 class _Run:
@@ -127,15 +129,15 @@ class _Run:
             series_description=submitted.series_description,
         )
         waiting = {
-            name: state.next_attempt_at or worker._clock()
+            name: state.next_attempt_at or worker.clock()
             for name, state in job.accessions.items()
             if not state.settled(self._run)
         }
         try:
             source = open_source(
-                worker._target_config(submitted.source),
+                worker.target_config(submitted.source),
                 name=submitted.source,
-                index_dir=worker._index_dir,
+                index_dir=worker.index_dir,
             )
             sink = self._sink(submitted)
         except PermanentError as error:
@@ -143,16 +145,16 @@ class _Run:
                 self._failed(accession, attempt=1, reason=str(error), retry_at=None)
             waiting.clear()
         while waiting:
-            if worker._stop.is_set():
+            if worker.stop.is_set():
                 raise Stopped("stopping")
             job = self._history.refresh()[self._job_id]
             if job.paused:
                 log.info("query job paused", job_id=self._job_id)
                 return
             accession, due = min(waiting.items(), key=lambda item: item[1])
-            delay = (due - worker._clock()).total_seconds()
+            delay = (due - worker.clock()).total_seconds()
             if delay > 0:
-                worker._stop.wait(min(delay, 1.0))
+                worker.stop.wait(min(delay, 1.0))
                 continue
             state = job.accessions[accession]
             attempt = (state.attempts if state.run == self._run else 0) + 1
@@ -160,7 +162,7 @@ class _Run:
                 self._retrieve(source, accession, filters, sink)
                 del waiting[accession]
             except TransientError as error:
-                retry_at = worker._policy.next_attempt(attempt, now=worker._clock())
+                retry_at = worker.policy.next_attempt(attempt, now=worker.clock())
                 self._failed(accession, attempt=attempt, reason=str(error), retry_at=retry_at)
                 if retry_at is None:
                     del waiting[accession]
@@ -186,11 +188,11 @@ class _Run:
             origin = Origin(
                 intake="retrieve", job_id=self._job_id, forced_rule=submitted.forced_rule
             )
-            return _IntakeSink(worker._intake, origin)
-        config = worker._target_config(submitted.destination)
+            return _IntakeSink(worker.intake, origin)
+        config = worker.target_config(submitted.destination)
         if config is None or config.get("target_type") != "folder":
             raise TargetMisconfigured(f"no folder target named {submitted.destination!r}")
-        staging = worker._index_dir / "staging" / self._job_id
+        staging = worker.index_dir / "staging" / self._job_id
         return _FolderSink(open_target(config), staging=staging, job_id=self._job_id)
 
     def _retrieve(self, source: Source, accession: str, filters: Filters, sink: "_Sink") -> None:
