@@ -110,7 +110,7 @@ def query_status(
         return
     job = _job(found, job_id)
     console.print(f"job {job.job_id} from {job.submitted.source}: {job.status} (run {job.run})")
-    table = Table("accession", "status", "attempts", "instances", "reason")
+    table = Table("accession", "status", "failed attempts", "instances", "reason")
     for state in job.accessions.values():
         table.add_row(
             state.accession, state.status, str(state.attempts), str(state.instances), state.reason

@@ -1,37 +1,21 @@
 """The Query page and its JSON API against a real query worker and Orthanc."""
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from executors.query.service import query_service
-from executors.query.worker import QuerySettings
 from infra.catalogue import AccessionFound, AccessionRetrieved
 from infra.topics import Topic
 from tests.executors.dispatch.conftest import Orthanc, orthanc
 from tests.executors.query.conftest import load_into, pacs, write_studies
 from tests.support import reading, wait_for
-from tests.ui.conftest import Ui
+from tests.ui.conftest import Ui, query_worker
 
 pytestmark = pytest.mark.integration
 __all__ = ["orthanc"]
-
-
-@contextmanager
-def query_worker(ui: Ui, data_dir: Path) -> Iterator[None]:
-    settings = QuerySettings(
-        kafka_bootstrap=ui.settings.kafka_bootstrap,
-        topic_prefix=ui.settings.topic_prefix,
-        data_dir=data_dir,
-        blob_dir=data_dir / "blobs",
-        blob_min_free_bytes=0,
-    )
-    with query_service(settings):
-        yield
 
 
 def job_of(admin: httpx.Client, job_id: str) -> dict[str, Any]:
