@@ -142,6 +142,7 @@ class InstanceReceived(StudyFact):
     peer_address: str = ""
     peer_port: int = 0
     tags: Tags = Field(default_factory=dict)
+    job_id: str | None = Field(default=None, description="The query job that retrieved it.")
 
 
 @CATALOGUE.register
@@ -360,6 +361,93 @@ class BlobsPurged(StudyFact):
     completion_ids: list[str] = Field(default_factory=list)
 
 
+# --- query jobs (retrieving studies from a source) ---------------------------------------------
+
+
+class QueryFact(JobFact):
+    """A fact about a query job; `run` counts the job's runs (1, then one more per retry)."""
+
+    run: int = Field(default=1, ge=1)
+
+
+@CATALOGUE.register
+class QueryJobSubmitted(QueryFact):
+    """Staff asked for the studies of these accession numbers from a source."""
+
+    TYPE = "QueryJobSubmitted"
+    source: str
+    accessions: list[str] = Field(min_length=1)
+    study_description: str = ""
+    series_description: str = ""
+    forced_rule: str = ""
+    lane: Lane = Lane.NORMAL
+    destination: str = Field(
+        default="", description="A folder target to write to instead of Talaria's intake."
+    )
+
+
+@CATALOGUE.register
+class AccessionFound(QueryFact):
+    """The source holds these series for the accession (after the description filters)."""
+
+    TYPE = "AccessionFound"
+    accession: str
+    study_uids: list[str]
+    series_count: int = Field(ge=0)
+    instance_count: int | None = Field(default=None, description="As the source counts them.")
+
+
+@CATALOGUE.register
+class AccessionNotFound(QueryFact):
+    TYPE = "AccessionNotFound"
+    accession: str
+
+
+@CATALOGUE.register
+class AccessionRetrieved(QueryFact):
+    """Every instance the source holds for the accession went through the intake."""
+
+    TYPE = "AccessionRetrieved"
+    accession: str
+    study_uids: list[str]
+    instances: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+
+
+@CATALOGUE.register
+class AccessionFailed(QueryFact):
+    """Finding or retrieving an accession failed; `will_retry` says whether it is tried again."""
+
+    TYPE = "AccessionFailed"
+    accession: str
+    attempt: int = Field(ge=1)
+    reason: str
+    will_retry: bool
+    next_attempt_at: datetime | None = None
+
+
+@CATALOGUE.register
+class QueryJobPaused(QueryFact):
+    """An operator paused the job: no further accession is started until it is resumed."""
+
+    TYPE = "QueryJobPaused"
+
+
+@CATALOGUE.register
+class QueryJobResumed(QueryFact):
+    TYPE = "QueryJobResumed"
+
+
+@CATALOGUE.register
+class QueryJobCompleted(QueryFact):
+    """Every accession of the run was retrieved, not found, or failed for good."""
+
+    TYPE = "QueryJobCompleted"
+    retrieved: int = Field(ge=0)
+    not_found: int = Field(ge=0)
+    failed: int = Field(ge=0)
+
+
 # --- configuration (forever) ----------------------------------------------------------------------
 
 
@@ -523,3 +611,25 @@ class Notify(RetriableCommand):
     channels: list[str] = Field(
         default_factory=list, description="A retry: the channels still to send; empty: all."
     )
+
+
+@CATALOGUE.register
+class RunQueryJob(Payload):
+    """Find and retrieve the accessions of a query job that are not done yet (run `run`).
+
+    Submitting a job sends run 1; resuming sends the same run again; retrying sends the next
+    run, in which accessions that failed or were not found are tried again.
+    """
+
+    TYPE = "RunQueryJob"
+    KIND: ClassVar[CommandKind] = CommandKind.QUERY
+    job_id: str
+    run: int = Field(default=1, ge=1)
+    lane: Lane = Lane.NORMAL
+    submitted_at: datetime
+
+    def topic(self) -> Topic:
+        return command_topic(self.KIND, self.lane)
+
+    def partition_key(self) -> str:
+        return self.job_id

@@ -2,7 +2,8 @@
 
 `talaria up` starts the broker (unless `TALARIA_KAFKA_BOOTSTRAP` names a cluster), ensures the
 topics, then supervises the receiver, the streams worker, the dispatcher, the processor (when a
-Docker engine answers), the notifier, the cleaner and the web UI with its embedded projector.
+Docker engine answers), the notifier, the cleaner, the query worker and the web UI with its
+embedded projector.
 Ctrl-C or SIGTERM stops the services in reverse order, then the broker.
 """
 
@@ -48,6 +49,7 @@ def service_specs(*, with_processor: bool) -> list[ServiceSpec]:
         ("processor", "process"),
         ("notifier", "notify"),
         ("cleaner", "cleanup"),
+        ("query", "query"),
         ("ui", "ui"),
     ]
     return [

@@ -3,8 +3,8 @@
 Names carry a configurable prefix so several installations can share one Kafka cluster.
 Keys: instance and series events by StudyInstanceUID (one study stays on one partition, so
 study completion needs no repartition and dispatch order within a study is kept); job events
-by job id; config events by config key. Config, operations and dead-letter topics are kept
-forever: they are the audit trail.
+and query jobs by job id; config events by config key. Config, operations and dead-letter
+topics are kept forever: they are the audit trail.
 """
 
 from dataclasses import dataclass
@@ -32,6 +32,9 @@ class Topic(StrEnum):
     NOTIFY_URGENT = "commands.notify.urgent"
     NOTIFY_NORMAL = "commands.notify.normal"
     NOTIFY_OFFPEAK = "commands.notify.offpeak"
+    QUERY_URGENT = "commands.query.urgent"
+    QUERY_NORMAL = "commands.query.normal"
+    QUERY_OFFPEAK = "commands.query.offpeak"
     DISPATCH_RETRY = "commands.dispatch.retry"
     NOTIFY_RETRY = "commands.notify.retry"
 
@@ -48,6 +51,7 @@ class CommandKind(StrEnum):
     PROCESS = "process"
     DISPATCH = "dispatch"
     NOTIFY = "notify"
+    QUERY = "query"
 
 
 def retry_topic(kind: CommandKind) -> Topic:
@@ -90,7 +94,11 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     _spec(Topic.DISPATCH_RETRY, 6, "StudyInstanceUID"),
     _spec(Topic.NOTIFY_RETRY, 6, "StudyInstanceUID"),
     *(
-        _spec(command_topic(kind, lane), 6, "StudyInstanceUID")
+        _spec(
+            command_topic(kind, lane),
+            6,
+            "job id" if kind is CommandKind.QUERY else "StudyInstanceUID",
+        )
         for kind in CommandKind
         for lane in Lane
     ),

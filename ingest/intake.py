@@ -30,10 +30,11 @@ from ingest.errors import CannotUnderstand, OutOfResources, Refused
 from ingest.outbox import Outbox
 from ingest.part10 import FileMeta, encode_file_meta, read_file_meta
 from ingest.tags import Snapshot, TagReader
+from streams.decisions import FORCE_RULE_TAGS
 
 log = structlog.get_logger(__name__)
 
-IntakeKind = Literal["dicom", "stow", "upload", "import"]
+IntakeKind = Literal["dicom", "stow", "upload", "import", "retrieve"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +46,10 @@ class Origin:
     called_aet: str = ""
     peer_address: str = ""
     peer_port: int = 0
+    job_id: str | None = None
+    """The query job that retrieved the instance."""
+    forced_rule: str = ""
+    """A rule the instance's series must be routed by, whatever the rules say."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,6 +237,8 @@ def _instance_received(
         "ReceiverAET": origin.called_aet,
         "SenderAddress": origin.peer_address,
     }
+    if origin.forced_rule:
+        tags[FORCE_RULE_TAGS[0]] = origin.forced_rule
     return InstanceReceived(
         study_uid=snapshot.study_uid,
         series_uid=snapshot.series_uid,
@@ -245,6 +252,7 @@ def _instance_received(
         peer_address=origin.peer_address,
         peer_port=origin.peer_port,
         tags=tags,
+        job_id=origin.job_id,
     )
 
 

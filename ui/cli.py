@@ -8,6 +8,7 @@ from executors.cleanup.cli import cleanup_app
 from executors.dispatch.cli import dispatch_app
 from executors.notify.cli import notify_app
 from executors.processing.cli import process_app
+from executors.query.cli import query_app
 from infra.cli import kafka_app, status, topics_app, up
 from infra.errors import TalariaError
 from ingest.cli import ingest_app
@@ -28,6 +29,7 @@ app.add_typer(dispatch_app, name="dispatch")
 app.add_typer(process_app, name="process")
 app.add_typer(notify_app, name="notify")
 app.add_typer(cleanup_app, name="cleanup")
+app.add_typer(query_app, name="query")
 app.command("up")(up)
 app.command("status")(status)
 app.add_typer(projections_app, name="projections")

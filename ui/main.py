@@ -20,6 +20,7 @@ from ui.routes import (
     health,
     modules,
     overview,
+    query,
     queue,
     rules,
     targets,
@@ -57,6 +58,7 @@ def create_app(services: Services) -> FastAPI:
         audit,
         users,
         upload,
+        query,
         health,
     )
     for module in routers:

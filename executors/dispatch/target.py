@@ -8,7 +8,7 @@ Adding a target type is adding one file that calls `register`.
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -52,6 +52,11 @@ class Target(Protocol):
     def test(self) -> str:
         """Check the target answers (the UI's "Test" button); a sentence on success."""
         ...
+
+
+Direction = Literal["store", "query", "both"]
+"""What a DICOM or DICOMweb target is for: receiving what Talaria sends (`store`), being a
+source Talaria retrieves studies from (`query`), or both."""
 
 
 class TargetSettings(BaseModel):

@@ -11,6 +11,7 @@ from executors.cleanup.cleaner import CleanupSettings
 from executors.dispatch.dispatcher import DispatchSettings
 from executors.notify.notifier import NotifySettings
 from executors.processing.settings import ProcessorSettings
+from executors.query.worker import QuerySettings
 from ingest.settings import IngestSettings
 from projections.settings import ProjectionSettings
 from streams.worker import StreamsSettings
@@ -75,6 +76,7 @@ def test_every_variable_the_compose_file_sets_is_a_setting_some_service_reads() 
         ProcessorSettings,
         NotifySettings,
         CleanupSettings,
+        QuerySettings,
         ProjectionSettings,
         UiSettings,
     ):

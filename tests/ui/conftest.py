@@ -13,6 +13,8 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from executors.query.service import query_service
+from executors.query.worker import QuerySettings
 from infra.kafka.broker import LocalBroker
 from infra.settings import LogSettings
 from tests.conftest import settings_for
@@ -91,6 +93,20 @@ def serving_ui(settings: UiSettings) -> Iterator[Ui]:
         finally:
             server.should_exit = True
             thread.join(timeout=10)
+
+
+@contextmanager
+def query_worker(ui: Ui, data_dir: Path) -> Iterator[None]:
+    """A query worker in this process, on the UI's log."""
+    settings = QuerySettings(
+        kafka_bootstrap=ui.settings.kafka_bootstrap,
+        topic_prefix=ui.settings.topic_prefix,
+        data_dir=data_dir,
+        blob_dir=data_dir / "blobs",
+        blob_min_free_bytes=0,
+    )
+    with query_service(settings):
+        yield
 
 
 @pytest.fixture

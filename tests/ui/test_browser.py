@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -22,8 +23,10 @@ from infra.kafka.broker import LocalBroker
 from streams.config import ConfigDocument, Configuration, changes
 from tests.conftest import settings_for
 from tests.executors.dispatch.conftest import storescp_command
+from tests.executors.query.conftest import write_studies
 from tests.ingest.dicom_files import write_study
-from tests.support import DCMTK, free_port, publish, serving, wait_until_listening
+from tests.support import DCMTK, free_port, publish, serving, wait_for, wait_until_listening
+from tests.ui.conftest import NEW_ADMIN_PASSWORD, Ui, query_worker
 from ui.services import FIRST_ADMIN
 
 pytestmark = pytest.mark.integration
@@ -262,3 +265,52 @@ def test_an_operators_day(stack: Stack, browser: Browser, tmp_path: Path) -> Non
         expect(page.locator("table")).to_contain_text(change)
     page.close()
     assert script_errors == []
+
+
+def test_a_query_job_submitted_from_a_file_on_the_query_page(
+    ui: Ui, admin: httpx.Client, browser: Browser, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    write_studies(archive, ["ACC1"], series=1, instances=2)
+    created = admin.post(
+        "/api/targets",
+        json={
+            "name": "archive",
+            "target_type": "dicomweb",
+            "direction": "query",
+            "url": f"file://{archive}",
+        },
+    )
+    assert created.status_code == 201, created.text
+    listed = tmp_path / "accessions.txt"
+    listed.write_text("ACC1\nNOSUCH\n")
+
+    page = browser.new_page(viewport={"width": 1360, "height": 900})
+    page.goto(ui.url + "/login")
+    page.fill("#username", FIRST_ADMIN)
+    page.fill("#password", NEW_ADMIN_PASSWORD)
+    page.click("main button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Overview")
+    page.click("nav a[href='/query']")
+    expect(page.locator("h1")).to_have_text("Query and retrieve")
+    page.set_input_files("input[data-text-into]", str(listed))
+    expect(page.locator("#f-accessions")).to_have_value("ACC1\nNOSUCH\n")
+    page.click("main form button[type=submit]")
+    expect(page.locator(".job-state")).to_have_text("running")
+
+    with query_worker(ui, tmp_path / "worker"):
+        wait_for(
+            lambda: "1 retrieved, 1 not found, 0 failed of 2" in reloaded(page),
+            timeout_s=90,
+            what="the job's progress on the page",
+        )
+    expect(page.locator(".job-state")).to_have_text("completed")
+    page.click("details summary")
+    expect(page.locator("table.accessions")).to_contain_text("not found")
+    shot(page, "16-query")
+    page.close()
+
+
+def reloaded(page: Page) -> str:
+    page.reload()
+    return page.content()

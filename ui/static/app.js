@@ -129,11 +129,17 @@ async function upload(event) {
   } catch (error) { show(form, error); }
 }
 
+async function textInto(event) {
+  const input = event.currentTarget;
+  if (input.files.length) document.querySelector(input.dataset.textInto).value = await input.files[0].text();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   for (const form of document.querySelectorAll("form[data-api]")) form.addEventListener("submit", submitApiForm);
   for (const form of document.querySelectorAll("form[data-upload]")) form.addEventListener("submit", upload);
   for (const button of document.querySelectorAll("button[data-action]")) button.addEventListener("click", clickAction);
   for (const input of document.querySelectorAll("input[data-tags-from]")) input.addEventListener("change", fillTags);
+  for (const input of document.querySelectorAll("input[data-text-into]")) input.addEventListener("change", textInto);
   for (const copy of document.querySelectorAll("[data-mirror]")) {
     const source = document.querySelector(copy.dataset.mirror);
     if (source) source.addEventListener("input", () => { copy.value = source.value; });

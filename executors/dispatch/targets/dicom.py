@@ -14,6 +14,7 @@ import re
 import ssl
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydicom import dcmread
@@ -23,7 +24,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from executors.dispatch import TargetMisconfigured, TargetRefused, TargetUnavailable
 from executors.dispatch.scu import MAX_CONTEXTS, Association, Peer, associate
-from executors.dispatch.target import Batch, Delivery, StagedInstance, TargetSettings, register
+from executors.dispatch.target import (
+    Batch,
+    Delivery,
+    Direction,
+    StagedInstance,
+    TargetSettings,
+    register,
+)
 from ingest.dimse import VERIFICATION
 from ingest.errors import CannotUnderstand
 from ingest.part10 import read_file_meta
@@ -41,6 +49,14 @@ def _valid_ae_title(value: str) -> str:
 
 
 class DicomSettings(TargetSettings):
+    direction: Direction = "store"
+    retrieve: Literal["get", "move"] = Field(
+        default="get",
+        description="As a source: C-GET, or C-MOVE to aet_source (the source must know that "
+        "AE title at move_bind:move_port).",
+    )
+    move_bind: str = Field(default="127.0.0.1", description="Where C-MOVE's storage SCP listens.")
+    move_port: int = Field(default=11113, ge=1, le=65535)
     ip: str = Field(min_length=1, description="Host, or 'sender' to return to the sender.")
     port: int = Field(ge=1, le=65535)
     aet_target: str = Field(default="ANY-SCP", description="Called AE title.")
@@ -64,7 +80,7 @@ class DicomTarget:
         self._settings = settings
 
     def send(self, batch: Batch) -> Delivery:
-        peer = self._peer(batch.tags)
+        peer = self.peer(batch.tags)
         confirmed = warnings = 0
         for chunk in _chunks_by_context(batch.instances):
             with self._associate(peer, _contexts_for(chunk)) as association:
@@ -73,7 +89,7 @@ class DicomTarget:
         return Delivery(confirmed=confirmed, warnings=warnings)
 
     def test(self) -> str:
-        peer = self._peer({})
+        peer = self.peer({})
         with self._associate(peer, [(VERIFICATION, [ImplicitVRLittleEndian])]) as association:
             context = association.context_for(VERIFICATION, ImplicitVRLittleEndian)
             status = association.echo(context).status if context is not None else None
@@ -81,7 +97,8 @@ class DicomTarget:
             raise TargetUnavailable(f"C-ECHO to {peer} failed")
         return f"C-ECHO to {peer} succeeded"
 
-    def _peer(self, tags: Mapping[str, str]) -> Peer:
+    def peer(self, tags: Mapping[str, str]) -> Peer:
+        """Whom to associate with for a job with `tags` (return to sender, passed AE titles)."""
         settings = self._settings
         host = settings.ip
         if host == RETURN_TO_SENDER:
@@ -97,11 +114,12 @@ class DicomTarget:
             calling=calling or settings.aet_source,
         )
 
-    def _tls(self) -> ssl.SSLContext | None:
+    def tls(self) -> ssl.SSLContext | None:
+        """The client TLS context (None: plain TCP)."""
         return None
 
     def _associate(self, peer: Peer, contexts: list[tuple[str, list[str]]]) -> Association:
-        return associate(peer, contexts, timeout_s=self._settings.timeout_s, tls=self._tls())
+        return associate(peer, contexts, timeout_s=self._settings.timeout_s, tls=self.tls())
 
 
 @register("dicomtls", DicomTlsSettings)
@@ -110,7 +128,7 @@ class DicomTlsTarget(DicomTarget):
         super().__init__(settings)
         self._tls_settings = settings
 
-    def _tls(self) -> ssl.SSLContext:
+    def tls(self) -> ssl.SSLContext:
         settings = self._tls_settings
         try:
             context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca_cert)

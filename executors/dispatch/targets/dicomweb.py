@@ -8,10 +8,17 @@ are transient; other 4xx are permanent. Test = a QIDO-RS query for one study.
 import uuid
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from executors.dispatch import TargetRefused
-from executors.dispatch.target import Batch, Delivery, StagedInstance, TargetSettings, register
+from executors.dispatch.target import (
+    Batch,
+    Delivery,
+    Direction,
+    StagedInstance,
+    TargetSettings,
+    register,
+)
 from executors.dispatch.targets.http import call
 
 REFERENCED_SOP_SEQUENCE = "00081199"
@@ -20,7 +27,12 @@ REFERENCED_SOP_INSTANCE_UID = "00081155"
 
 
 class DicomWebSettings(TargetSettings):
-    url: str = Field(min_length=1, description="Base URL of the DICOMweb service.")
+    direction: Direction = "store"
+    url: str = Field(
+        min_length=1,
+        description="Base URL of the DICOMweb service, or file:///folder: a folder of DICOM "
+        "files to retrieve from (direction query).",
+    )
     stow_url_prefix: str | None = None
     qido_url_prefix: str | None = None
     access_token: SecretStr | None = None
@@ -28,6 +40,28 @@ class DicomWebSettings(TargetSettings):
     http_password: SecretStr | None = None
     batch_size: int = Field(default=50, ge=1, le=10_000)
     timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _folder_is_a_source(self) -> "DicomWebSettings":
+        if self.is_folder and self.direction != "query":
+            raise ValueError("a file:// folder can only be a source: set direction to query")
+        return self
+
+    @property
+    def is_folder(self) -> bool:
+        return self.url.startswith("file://")
+
+
+def web_client(settings: DicomWebSettings) -> httpx.Client:
+    """An HTTP client with the target's credentials (bearer token or basic auth)."""
+    headers = {}
+    auth = None
+    if settings.access_token is not None:
+        headers["Authorization"] = f"Bearer {settings.access_token.get_secret_value()}"
+    elif settings.http_user:
+        password = settings.http_password.get_secret_value() if settings.http_password else ""
+        auth = httpx.BasicAuth(settings.http_user, password)
+    return httpx.Client(headers=headers, auth=auth, timeout=settings.timeout_s)
 
 
 @register("dicomweb", DicomWebSettings)
@@ -51,15 +85,7 @@ class DicomWebTarget:
         return f"QIDO-RS at {self._qido} answered {response.status_code}"
 
     def _client(self) -> httpx.Client:
-        settings = self._settings
-        headers = {}
-        auth = None
-        if settings.access_token is not None:
-            headers["Authorization"] = f"Bearer {settings.access_token.get_secret_value()}"
-        elif settings.http_user:
-            password = settings.http_password.get_secret_value() if settings.http_password else ""
-            auth = httpx.BasicAuth(settings.http_user, password)
-        return httpx.Client(headers=headers, auth=auth, timeout=settings.timeout_s)
+        return web_client(self._settings)
 
     def _store(self, client: httpx.Client, instances: list[StagedInstance]) -> None:
         boundary = uuid.uuid4().hex

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from executors.dispatch.staging import describe
@@ -50,7 +51,11 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
 def dataset_bytes(path: Path) -> bytes:
     """The data set of a DICOM file without its preamble and file meta (which each writer
     makes its own): what must arrive unchanged."""
-    raw = path.read_bytes()
+    return dataset_bytes_of(path.read_bytes())
+
+
+def dataset_bytes_of(raw: bytes) -> bytes:
+    """As `dataset_bytes`, of a file's bytes."""
     assert raw[128:132] == b"DICM"
     assert raw[132:136] == b"\x02\x00\x00\x00", "file meta must start with its group length"
     meta_length = int.from_bytes(raw[140:144], "little")
@@ -128,26 +133,49 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 @dataclass(frozen=True)
 class Orthanc:
     http_port: int
+    dicom_port: int
+    move_port: int
+    """Where Orthanc sends a C-MOVE to the AE title TALARIA."""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    def instance_files(self, study_uid: str) -> dict[str, bytes]:
+        """Every instance of a study as Orthanc holds it, by SOP Instance UID."""
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            found = client.post(
+                "/tools/find",
+                json={"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}},
+            ).json()
+            files = {}
+            for orthanc_id in found:
+                tags = client.get(f"/instances/{orthanc_id}/simplified-tags").json()
+                files[tags["SOPInstanceUID"]] = client.get(f"/instances/{orthanc_id}/file").content
+        return files
+
 
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    """Debian's Orthanc with its DICOMweb plugin, storing in a temporary folder."""
-    http_port, dicom_port = free_port(), free_port()
+    """Debian's Orthanc as a PACS: C-FIND and C-GET for any AE, C-MOVE to TALARIA at
+    127.0.0.1:`move_port`, DICOMweb at /dicom-web/."""
+    http_port, dicom_port, move_port = free_port(), free_port(), free_port()
     config = tmp_path / "orthanc.json"
     config.write_text(
         json.dumps(
             {
-                "Name": "TEST",
+                "Name": "PACS",
+                "DicomAet": "PACS",
                 "StorageDirectory": str(tmp_path / "orthanc-storage"),
                 "IndexDirectory": str(tmp_path / "orthanc-storage"),
                 "HttpPort": http_port,
                 "DicomPort": dicom_port,
-                "DicomServerEnabled": False,
+                "DicomServerEnabled": True,
+                "DicomAlwaysAllowFind": True,
+                "DicomAlwaysAllowGet": True,
+                "DicomAlwaysAllowStore": True,
+                "DicomAlwaysAllowMove": True,
+                "DicomModalities": {"talaria": ["TALARIA", "127.0.0.1", move_port]},
                 "RemoteAccessAllowed": False,
                 "AuthenticationEnabled": False,
                 "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
@@ -156,7 +184,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         )
     )
     with serving(["/usr/sbin/Orthanc", "--logdir=" + str(tmp_path), str(config)], port=http_port):
-        yield Orthanc(http_port=http_port)
+        yield Orthanc(http_port=http_port, dicom_port=dicom_port, move_port=move_port)
 
 
 @dataclass(frozen=True)

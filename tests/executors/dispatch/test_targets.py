@@ -25,6 +25,7 @@ from tests.executors.dispatch.conftest import (
     Sshd,
     StoreSCP,
     dataset_bytes,
+    dataset_bytes_of,
     make_certificates,
     storescp_command,
 )
@@ -242,11 +243,6 @@ def test_a_dicomweb_target_stores_through_stow_rs_into_orthanc(
             (match,) = found
             stored = client.get(f"/instances/{match['ID']}/file").content
             assert dataset_bytes_of(stored) == dataset_bytes(instance.path)
-
-
-def dataset_bytes_of(raw: bytes) -> bytes:
-    meta_length = int.from_bytes(raw[140:144], "little")
-    return raw[144 + meta_length :]
 
 
 def test_a_dicomweb_target_that_answers_5xx_or_is_down_is_unavailable(study: Batch) -> None:
