@@ -4,9 +4,11 @@ The same data sets go from DCMTK's `storescu` (TCP_NODELAY on, as in every DICOM
 to each receiver in turn, interleaved in one run with the order rotating every repetition, so
 the ratios come out of the same noise. Every receiver is started fresh for each measurement and
 stores what it gets: Talaria into its blob folder with an event per instance on a local
-single-node Kafka broker started by this script (`talaria`: answered once the event is in the
-fsynced intake journal, the default; `talaria-broker`: answered once the broker acknowledged
-it), Orthanc 1.10 (Debian) with its default fsync per file, storescp writing files (no fsync).
+single-node Kafka broker started by this script (`talaria`: answered once the blob is fsynced
+and the broker acknowledged the event, the default; `talaria-journal`: once the blob and the
+event in the intake journal are fsynced), with one receiver process per core
+(`TALARIA_DICOM_WORKERS`), Orthanc 1.10 (Debian) with its default fsync per file, storescp
+writing files (no fsync).
 Elapsed is storescu's wall time, from association request to release; peak RSS is VmHWM of the
 receiver's processes (Kafka not counted).
 
@@ -39,9 +41,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
-
+from bench.dicom_data import ct_instance, new_uid
 from infra.admin import ensure_topics
 from infra.kafka.broker import BrokerLayout, LocalBroker, fetch_jars
 from infra.settings import BrokerSettings, LogSettings
@@ -49,7 +49,6 @@ from infra.settings import BrokerSettings, LogSettings
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
 ORTHANC = "/usr/sbin/Orthanc"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 DATASETS = {
     "ct": {"series": 2, "instances": 250, "rows": 512},
     "small": {"series": 4, "instances": 250, "rows": 64},
@@ -84,58 +83,21 @@ def make_dataset(folder: Path, *, series: int, instances: int, rows: int) -> lis
     if manifest.exists():
         return [folder / name for name in json.loads(manifest.read_text())]
     rng = random.Random(42)
-    study = f"2.25.{uuid.uuid4().int}"
+    study = new_uid()
     files = []
     for s in range(1, series + 1):
-        series_uid = f"2.25.{uuid.uuid4().int}"
+        series_uid = new_uid()
         slices = [rng.randbytes(rows * rows * 2) for _ in range(8)]
         for i in range(1, instances + 1):
             path = folder / f"s{s:03d}" / f"i{i:04d}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
-            ds = instance(study, series_uid, s, i, rows=rows, pixels=slices[i % 8])
+            ds = ct_instance(
+                study_uid=study, series_uid=series_uid, number=i, rows=rows, pixels=slices[i % 8]
+            )
             ds.save_as(path, enforce_file_format=True)
             files.append(path)
     manifest.write_text(json.dumps([str(p.relative_to(folder)) for p in files]))
     return files
-
-
-def instance(study: str, series: str, s: int, i: int, *, rows: int, pixels: bytes) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"
-    ds.StudyDate = ds.SeriesDate = "20240314"
-    ds.Modality = "CT"
-    ds.Manufacturer = "BenchCo"
-    ds.InstitutionName = "Bench General Hospital"
-    ds.StudyDescription = "CT CHEST ABDOMEN PELVIS"
-    ds.SeriesDescription = f"AXIAL SERIES {s}"
-    ds.PatientName = "Synthetic^Patient"
-    ds.PatientID = "BENCH0001"
-    ds.PatientBirthDate = "19600101"
-    ds.PatientSex = "O"
-    ds.BodyPartExamined = "CHEST"
-    ds.SliceThickness = "1.0"
-    ds.ProtocolName = "CAP"
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.StudyID = "1"
-    ds.SeriesNumber = s
-    ds.InstanceNumber = i
-    ds.ImagePositionPatient = [-180.0, -180.0, -float(i)]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = rows
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels
-    return ds
 
 
 # --- receivers ------------------------------------------------------------------------------
@@ -222,11 +184,12 @@ class Orthanc(Receiver):
 
 
 class Talaria(Receiver):
-    """Talaria as configured by default: answers once the event is journaled."""
+    """Talaria as configured by default (answers once the broker acknowledged the event), one
+    receiver process per core."""
 
     name = "talaria"
     aet = "TALARIA"
-    ack_after = "journal"
+    ack_after = "broker"
 
     def __init__(self, work: Path, bootstrap: str) -> None:
         super().__init__(work)
@@ -235,13 +198,14 @@ class Talaria(Receiver):
 
     def start(self) -> None:
         self.prefix = f"b{uuid.uuid4().hex[:8]}."
-        shutil.rmtree(self.journal, ignore_errors=True)
+        shutil.rmtree(self.journal.parent, ignore_errors=True)
         ensure_topics(LogSettings(kafka_bootstrap=self.bootstrap, topic_prefix=self.prefix))
         super().start()
 
     @property
     def journal(self) -> Path:
-        return self.store.with_name(f"{self.name}-journal")
+        """The first worker's journal; the others' are beside it."""
+        return self.work / "journals" / self.name / "worker"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "ingest", "run"]
@@ -258,14 +222,15 @@ class Talaria(Receiver):
             "TALARIA_METRICS_PORT": str(PORT + 2),
             "TALARIA_JOURNAL_DIR": str(self.journal),
             "TALARIA_ACK_AFTER": self.ack_after,
+            "TALARIA_DICOM_WORKERS": str(os.cpu_count() or 1),
         }
 
 
-class TalariaBrokerAck(Talaria):
-    """Talaria answering each C-STORE only once the broker acknowledged its event."""
+class TalariaJournal(Talaria):
+    """Talaria answering each C-STORE once its event is in the fsynced intake journal."""
 
-    name = "talaria-broker"
-    ack_after = "broker"
+    name = "talaria-journal"
+    ack_after = "journal"
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -375,7 +340,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     with kafka(work) as bootstrap:
         available: dict[str, Receiver] = {
             "talaria": Talaria(work, bootstrap),
-            "talaria-broker": TalariaBrokerAck(work, bootstrap),
+            "talaria-journal": TalariaJournal(work, bootstrap),
             "orthanc": Orthanc(work),
             "storescp": Storescp(work),
         }
@@ -436,7 +401,7 @@ def main() -> None:
     parser.add_argument(
         "--receivers",
         type=lambda t: t.split(","),
-        default=["talaria", "talaria-broker", "orthanc", "storescp"],
+        default=["talaria", "talaria-journal", "orthanc", "storescp"],
     )
     parser.add_argument("--no-netns", action="store_true", help="already isolated")
     parser.add_argument("--results", help="also write the JSON lines here")

@@ -194,11 +194,30 @@ class BlobRef:
     sha256: str
 
 
+class StagedBlob(Protocol):
+    """Bytes on their way into the store (see :meth:`BlobStore.stage`)."""
+
+    def commit(self) -> None:
+        """Make the bytes durable under their key, atomically; nothing staged remains if this
+        raises."""
+        ...
+
+    def discard(self) -> None:
+        """Drop the bytes: the key stays as it was."""
+        ...
+
+
 class BlobStore(Protocol):
     """Where blobs live. Keys are validated; listings are sorted and cut at whole segments."""
 
     def put(self, key: BlobKey, data: bytes) -> BlobRef:
         """Store ``data`` under ``key`` durably and atomically (replacing any previous blob)."""
+        ...
+
+    def stage(self, key: BlobKey, data: bytes) -> StagedBlob:
+        """Start storing ``data`` under ``key``: everything up to the wait for the disk (or the
+        network), which ``commit`` does; until then readers see no change. Space, key and write
+        errors are raised here, so a caller can start other work once this returns."""
         ...
 
     def get(self, key: BlobKey) -> bytes:
@@ -308,14 +327,27 @@ class FolderBlobStore:
 
     def put(self, key: BlobKey, data: bytes) -> BlobRef:
         """Write atomically and durably; nothing half-written remains if this raises."""
+        self.stage(key, data).commit()
+        return _blob_ref(key, data)
+
+    def stage(self, key: BlobKey, data: bytes) -> StagedBlob:
+        """Write ``data`` to a temporary file beside the blob; ``commit`` fsyncs it, renames
+        it into place and fsyncs the folder."""
         path = self._path(key)
         self.check_free_space(len(data))
+        token = secrets.token_hex(8)
+        temp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{token}")
         try:
             self._make_parents(path.parent)
-            self._write_atomically(path, data)
+            try:
+                with temp.open("xb") as file:
+                    file.write(data)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
         except OSError as exc:
             raise _translate_os_error(exc, key=key, action="store") from exc
-        return _blob_ref(key, data)
+        return _StagedFile(key=key, path=path, temp=temp)
 
     def get(self, key: BlobKey) -> bytes:
         """Read the whole blob."""
@@ -423,19 +455,33 @@ class FolderBlobStore:
                 raise
             _fsync_dir(folder.parent)
 
-    def _write_atomically(self, path: Path, data: bytes) -> None:
-        token = secrets.token_hex(8)
-        temp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{token}")
+
+@dataclass(frozen=True, slots=True)
+class _StagedFile:
+    """A blob written to a temporary file in its folder, not yet durable nor visible."""
+
+    key: BlobKey
+    path: Path
+    temp: Path
+
+    def commit(self) -> None:
         try:
-            with temp.open("xb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+            try:
+                fd = os.open(self.temp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(self.temp, self.path)
+            except BaseException:
+                self.temp.unlink(missing_ok=True)
+                raise
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise _translate_os_error(exc, key=self.key, action="store") from exc
+
+    def discard(self) -> None:
+        self.temp.unlink(missing_ok=True)
 
 
 # --- S3 store -----------------------------------------------------------------------------------
@@ -513,6 +559,11 @@ class S3BlobStore:
 
     def check_free_space(self, needed_bytes: int) -> None:
         """S3 does not run out of space."""
+
+    def stage(self, key: BlobKey, data: bytes) -> StagedBlob:
+        """Nothing to prepare: ``commit`` uploads."""
+        self._object_name(key)  # the key is checked now, as the folder store does
+        return _StagedObject(store=self, key=key, data=data)
 
     def put(self, key: BlobKey, data: bytes) -> BlobRef:
         """Upload in one request; S3 checks the body against the SHA-256 we computed."""
@@ -595,6 +646,21 @@ class S3BlobStore:
 
     def _describe_key(self, key: BlobKey) -> str:
         return f"{self.describe()}{key.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class _StagedObject:
+    """An upload not yet made."""
+
+    store: S3BlobStore
+    key: BlobKey
+    data: bytes
+
+    def commit(self) -> None:
+        self.store.put(self.key, self.data)
+
+    def discard(self) -> None:
+        """Nothing was uploaded."""
 
 
 def _is_valid_key(text: str) -> bool:

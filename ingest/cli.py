@@ -1,7 +1,10 @@
 """`talaria ingest run` (the DICOM receiver) and `talaria ingest import FOLDER`."""
 
 import asyncio
+import multiprocessing
+import os
 import signal
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +26,40 @@ ingest_app = typer.Typer(help="The DICOM receiver and other intake.", no_args_is
 @ingest_app.command("run")
 def run() -> None:
     """Receive DICOM (C-STORE, C-ECHO) until Ctrl-C or SIGTERM; /metrics alongside."""
-    asyncio.run(_serve_until_signalled(load(IngestSettings)))
+    settings = load(IngestSettings)
+    if settings.dicom_workers == 1:
+        asyncio.run(_serve_until_signalled(settings))
+        return
+    raise typer.Exit(code=run_workers(settings))
+
+
+def run_workers(settings: IngestSettings) -> int:
+    """`dicom_workers` receiver processes on one port until SIGINT/SIGTERM or one fails; the
+    exit code is 0 only if every worker stopped cleanly."""
+    context = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    workers = [
+        context.Process(target=_serve_worker, args=(settings.for_worker(n),), name=f"receiver-{n}")
+        for n in range(settings.dicom_workers)
+    ]
+    for worker in workers:
+        worker.start()
+    while not stop.wait(0.5):
+        if any(worker.exitcode is not None for worker in workers):
+            console.print("A receiver worker stopped; stopping the others.")
+            break
+    for worker in workers:
+        if worker.exitcode is None and worker.pid is not None:
+            os.kill(worker.pid, signal.SIGTERM)
+    for worker in workers:
+        worker.join()
+    return 0 if all(worker.exitcode == 0 for worker in workers) else 1
+
+
+def _serve_worker(settings: IngestSettings) -> None:
+    asyncio.run(_serve_until_signalled(settings))
 
 
 async def _serve_until_signalled(settings: IngestSettings) -> None:

@@ -6,7 +6,9 @@ the status the sender gets, reported as `InstanceRejected`, and leaves no new bl
 """
 
 import hashlib
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +21,7 @@ from infra.blobstore import (
     InsufficientSpace,
     InvalidKey,
     InvalidUID,
+    StagedBlob,
     instance_key,
     validate_uid,
 )
@@ -153,11 +156,16 @@ class Intake:
             key=key.path, size=len(arrival.file), sha256=hashlib.sha256(arrival.file).hexdigest()
         )
         received = _instance_received(snapshot, blob=blob, meta=arrival.meta, origin=origin)
-        pending = self._outbox.begin(
-            Envelope(payload=received, source=self._source, subject=received.sop_uid)
-        )
+        existed, staged = self._stage(key, arrival.file)
         try:
-            existed = self._store(key, arrival.file)
+            pending = self._outbox.begin(
+                Envelope(payload=received, source=self._source, subject=received.sop_uid)
+            )
+        except OutOfResources:
+            staged.discard()
+            raise
+        try:
+            self._commit(key, staged)
         except Refused:
             self._outbox.abandon(pending)
             raise
@@ -186,18 +194,14 @@ class Intake:
             )
         return snapshot
 
-    def _store(self, key: BlobKey, data: bytes) -> bool:
-        """Write the blob; whether one was there before."""
-        try:
-            existed = self._blobs.exists(key)
-            self._blobs.put(key, data)
-        except InsufficientSpace as error:
-            raise OutOfResources(f"blob store full: {error}") from error
-        except InvalidKey as error:
-            raise CannotUnderstand(f"no valid blob key: {error}") from error
-        except BlobStoreError as error:
-            raise OutOfResources(f"blob store unavailable: {error}") from error
-        return existed
+    def _stage(self, key: BlobKey, data: bytes) -> tuple[bool, StagedBlob]:
+        """Start writing the blob; whether one was there before."""
+        with _refusing_blob_errors():
+            return self._blobs.exists(key), self._blobs.stage(key, data)
+
+    def _commit(self, key: BlobKey, staged: StagedBlob) -> None:
+        with _refusing_blob_errors():
+            staged.commit()
 
     def _remove(self, key: BlobKey) -> None:
         try:
@@ -226,6 +230,19 @@ class Intake:
                 peer_port=origin.peer_port,
             )
         )
+
+
+@contextmanager
+def _refusing_blob_errors() -> Iterator[None]:
+    """Blob store errors as the status the sender gets."""
+    try:
+        yield
+    except InsufficientSpace as error:
+        raise OutOfResources(f"blob store full: {error}") from error
+    except InvalidKey as error:
+        raise CannotUnderstand(f"no valid blob key: {error}") from error
+    except BlobStoreError as error:
+        raise OutOfResources(f"blob store unavailable: {error}") from error
 
 
 def _instance_received(

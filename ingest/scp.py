@@ -393,7 +393,11 @@ class Receiver:
         """Bind the ports; return once connections are accepted."""
         self._servers.append(
             await asyncio.start_server(
-                self._connected, self.settings.dicom_bind, self.settings.dicom_port
+                self._connected,
+                self.settings.dicom_bind,
+                self.settings.dicom_port,
+                limit=self._buffer_limit,
+                reuse_port=self.settings.dicom_workers > 1,
             )
         )
         if self.settings.tls_port is not None:
@@ -402,11 +406,19 @@ class Receiver:
                     self._connected,
                     self.settings.dicom_bind,
                     self.settings.tls_port,
+                    limit=self._buffer_limit,
+                    reuse_port=self.settings.dicom_workers > 1,
                     ssl=tls_context(self.settings),
                     ssl_handshake_timeout=self.settings.acse_timeout_s,
                 )
             )
         log.info("DICOM receiver listening", ae_title=self.settings.ae_title, ports=self.ports)
+
+    @property
+    def _buffer_limit(self) -> int:
+        """Read buffer size at which a connection pauses: above our largest PDU, so that a
+        PDU is read without pausing and resuming the socket (which costs more than the read)."""
+        return max(self.settings.max_pdu, _MIN_ASSOCIATION_PDU) + 6
 
     @property
     def ports(self) -> list[int]:

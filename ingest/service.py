@@ -48,7 +48,7 @@ def open_intake(settings: IngestSettings) -> Iterator[Intake]:
 def open_outbox(settings: IngestSettings, *, producer: EventProducer, blobs: BlobStore) -> Outbox:
     """The outbox `ack_after` names."""
     if settings.ack_after == "broker":
-        return BrokerOutbox(producer)
+        return BrokerOutbox(producer, timeout_s=settings.publish_timeout_s + 5)
     return Journal(
         settings.journal_root,
         producer=producer,

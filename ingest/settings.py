@@ -25,7 +25,15 @@ class IngestSettings(LogSettings, BlobSettings):
         default="127.0.0.1", description="Address the DICOM port listens on (0.0.0.0: all)."
     )
     dicom_port: int = Field(default=11112, ge=1, le=65535)
-    max_associations: int = Field(default=32, ge=1, le=1024)
+    dicom_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Receiver processes sharing the DICOM port (SO_REUSEPORT): more use more "
+        "cores for concurrent senders. Each has its own journal, /metrics port "
+        "(metrics_port + its number) and association limit.",
+    )
+    max_associations: int = Field(default=32, ge=1, le=1024, description="Per worker.")
     acse_timeout_s: float = Field(default=30.0, gt=0, description="Wait for association PDUs.")
     dimse_timeout_s: float = Field(default=60.0, gt=0, description="Wait inside one message.")
     network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association limit.")
@@ -67,6 +75,18 @@ class IngestSettings(LogSettings, BlobSettings):
     @property
     def journal_root(self) -> Path:
         return self.journal_dir if self.journal_dir is not None else self.data_dir / "ingest"
+
+    def for_worker(self, number: int) -> "IngestSettings":
+        """The settings of worker `number` (0-based) of `dicom_workers`: its own journal and
+        /metrics port; worker 0 keeps the configured ones."""
+        if number == 0:
+            return self
+        update: dict[str, object] = {
+            "journal_dir": self.journal_root.with_name(f"{self.journal_root.name}.{number}")
+        }
+        if self.metrics_port is not None:
+            update["metrics_port"] = self.metrics_port + number
+        return self.model_copy(update=update)
 
     @field_validator("ae_title")
     @classmethod

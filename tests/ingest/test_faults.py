@@ -14,6 +14,7 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, _config
 
+from bench.dicom_data import CT_IMAGE_STORAGE
 from infra.catalogue import InstanceReceived, InstanceRejected
 from infra.kafka.broker import LocalBroker
 from ingest.settings import IngestSettings
@@ -26,7 +27,7 @@ from tests.ingest.conftest import (
     receiving,
     storescu,
 )
-from tests.ingest.dicom_files import CT_IMAGE_STORAGE, write_study
+from tests.ingest.dicom_files import write_study
 from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,7 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, _config
 
+from bench.dicom_data import ct_instance, new_uid
 from infra.catalogue import InstanceReceived
 from infra.kafka.broker import LocalBroker
 from ingest.part10 import read_file_meta
@@ -23,13 +24,7 @@ from tests.ingest.conftest import (
     receiving,
     storescu,
 )
-from tests.ingest.dicom_files import (
-    compress,
-    ct_instance,
-    new_uid,
-    save_as_dcmtk_file,
-    write_study,
-)
+from tests.ingest.dicom_files import compress, save_as_dcmtk_file, write_study
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,10 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
+from bench.dicom_data import CT_IMAGE_STORAGE, ct_instance, new_uid
 from ingest.errors import CannotUnderstand
 from ingest.part10 import read_file_meta
 from ingest.tags import ROUTING_TAGS, Snapshot, TagReader, resolve_tag
-from tests.ingest.dicom_files import CT_IMAGE_STORAGE, ct_instance, new_uid
 
 READER = TagReader()
 

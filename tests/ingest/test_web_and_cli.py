@@ -18,10 +18,11 @@ import uvicorn
 from fastapi import FastAPI
 from pydicom import dcmread
 
+from infra.catalogue import InstanceReceived
 from ingest.service import open_intake
 from ingest.settings import IngestSettings
 from ingest.web import intake_router
-from tests.ingest.conftest import events, received, storescu
+from tests.ingest.conftest import STORESCU, events, received, storescu
 from tests.ingest.dicom_files import write_study
 from tests.support import free_port, wait_for
 
@@ -187,3 +188,39 @@ def _answers(url: str) -> bool:
         return httpx.get(url).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_several_receiver_workers_share_the_port_each_with_its_journal(
+    settings: IngestSettings, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    env = talaria_env(settings) | {
+        "TALARIA_DICOM_WORKERS": "2",
+        "TALARIA_METRICS_PORT": str(metrics_port),
+        "TALARIA_ACK_AFTER": "journal",
+        "TALARIA_JOURNAL_DIR": str(settings.journal_root),
+    }
+    process = subprocess.Popen([*INGEST, "run"], env=env)
+    try:
+        for port in (metrics_port, metrics_port + 1):
+            url = f"http://127.0.0.1:{port}/metrics"
+            wait_for(lambda url=url: _answers(url), timeout_s=60, what="each worker's /metrics")
+        files = write_study(tmp_path / "study", series=1, instances=16)
+        senders = [  # one association per file: the kernel spreads them over the workers
+            subprocess.Popen(
+                [STORESCU, "-aec", settings.ae_title, "127.0.0.1", str(settings.dicom_port), path],
+                env={"TCP_NODELAY": "1"},
+            )
+            for path in map(str, files)
+        ]
+        assert [sender.wait(timeout=120) for sender in senders] == [0] * len(files)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    found = events(settings, expected=len(files), kind="InstanceReceived")
+    arrived = received(found)
+    assert sorted(e.sop_uid for e in arrived) == sorted(map(sop_uid, files))
+    assert len({e.source for e in found if isinstance(e.payload, InstanceReceived)}) == 2
+    journal = settings.journal_root
+    assert (journal / "events.journal").exists()
+    assert (journal.with_name(f"{journal.name}.1") / "events.journal").exists()
