@@ -26,7 +26,7 @@ def query_service(settings: QuerySettings) -> ExecutorService:
         intake = Intake(
             blobs=service.store,
             producer=service.producer,
-            outbox=BrokerOutbox(service.producer),
+            outbox=BrokerOutbox(service.producer, timeout_s=settings.publish_timeout_s + 5),
             reader=TagReader(settings.extra_tags),
             source=source,
         )
