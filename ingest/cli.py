@@ -1,6 +1,7 @@
 """`talaria ingest run` (the DICOM receiver) and `talaria ingest import FOLDER`."""
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -19,6 +20,7 @@ from ingest.intake import Origin
 from ingest.service import open_intake, serve
 from ingest.settings import IngestSettings
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 console = Console()
 ingest_app = typer.Typer(help="The DICOM receiver and other intake.", no_args_is_help=True)
 
@@ -41,7 +43,9 @@ def run_workers(settings: IngestSettings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     workers = [
-        context.Process(target=_serve_worker, args=(settings.for_worker(n),), name=f"receiver-{n}")
+        context.Process(
+            target=_serve_worker, args=(settings.for_worker(n), os.getpid()), name=f"receiver-{n}"
+        )
         for n in range(settings.dicom_workers)
     ]
     for worker in workers:
@@ -58,7 +62,11 @@ def run_workers(settings: IngestSettings) -> int:
     return 0 if all(worker.exitcode == 0 for worker in workers) else 1
 
 
-def _serve_worker(settings: IngestSettings) -> None:
+def _serve_worker(settings: IngestSettings, parent_pid: int) -> None:
+    # A worker must not outlive a parent killed with SIGKILL (it would keep the port).
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        return  # the parent died before the request took effect
     asyncio.run(_serve_until_signalled(settings))
 
 

@@ -224,3 +224,22 @@ def test_several_receiver_workers_share_the_port_each_with_its_journal(
     journal = settings.journal_root
     assert (journal / "events.journal").exists()
     assert (journal.with_name(f"{journal.name}.1") / "events.journal").exists()
+
+
+def test_receiver_workers_stop_when_their_parent_is_killed(settings: IngestSettings) -> None:
+    metrics_port = free_port()
+    env = talaria_env(settings) | {
+        "TALARIA_DICOM_WORKERS": "2",
+        "TALARIA_METRICS_PORT": str(metrics_port),
+    }
+    process = subprocess.Popen([*INGEST, "run"], env=env)
+    try:
+        for port in (metrics_port, metrics_port + 1):
+            url = f"http://127.0.0.1:{port}/metrics"
+            wait_for(lambda url=url: _answers(url), timeout_s=60, what="each worker's /metrics")
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    for port in (metrics_port, metrics_port + 1):
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda url=url: not _answers(url), timeout_s=30, what="the orphaned worker's end")
