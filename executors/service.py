@@ -9,6 +9,7 @@ import structlog
 from pydantic import Field
 
 from infra.blobstore import BlobStore, open_blob_store
+from infra.heartbeat import Heartbeat
 from infra.log import ConsumerLoop, EventProducer
 from infra.settings import BlobSettings, LogSettings
 from streams.view import ConfigUnavailable, ConfigView
@@ -37,6 +38,12 @@ class ExecutorService:
         self.view = ConfigView(settings)
         self.producer = EventProducer(settings, client_id=name)
         self.store: BlobStore = open_blob_store(settings)
+        self.heartbeat = Heartbeat(
+            settings,
+            self.producer,
+            service=name,
+            status=lambda: "stopping" if self.stop_requested.is_set() else "running",
+        )
         self._loops = build_loops(self)
         self._threads = [
             threading.Thread(target=loop.run, name=f"{name}-loop") for loop in self._loops
@@ -49,6 +56,7 @@ class ExecutorService:
             raise ConfigUnavailable("the config topic could not be read within 60 s")
         for thread in self._threads:
             thread.start()
+        self.heartbeat.start()
         log.info("executor running", service=self.name, loops=len(self._loops))
         return self
 
@@ -59,6 +67,7 @@ class ExecutorService:
             loop.stop_requested.set()
         for thread in self._threads:
             thread.join()
+        self.heartbeat.stop()
         self.view.stop()
         self.producer.close()
         self.store.close()

@@ -551,6 +551,31 @@ class LoginFailed(OperatorAction):
     address: str
 
 
+# --- service health (one hour) ----------------------------------------------------------------
+
+
+@CATALOGUE.register
+class ServiceHeartbeat(Payload):
+    """A long-running service is alive; published every `interval_s` while it runs.
+
+    `service` is its kind (receiver, streams, dispatcher, processor, notifier, cleaner),
+    `instance` which copy (host:pid); `status` a short word on what it is doing.
+    """
+
+    TYPE = "ServiceHeartbeat"
+    service: str = Field(min_length=1)
+    instance: str = Field(min_length=1)
+    started_at: datetime
+    interval_s: float = Field(gt=0)
+    status: str = ""
+
+    def topic(self) -> Topic:
+        return Topic.HEARTBEATS
+
+    def partition_key(self) -> str:
+        return f"{self.service}:{self.instance}"
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 

@@ -53,6 +53,12 @@ class LogSettings(TalariaSettings):
         ge=1,
         description="Retention of instance, series and job topics; at least the blob retention.",
     )
+    heartbeat_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="How often a service publishes its heartbeat; stale after 3 missed.",
+    )
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000)
     consumer_heartbeat_ms: int = Field(default=1_000, ge=100)
     consumer_max_poll_interval_ms: int = Field(default=300_000, ge=1_000)

@@ -4,7 +4,8 @@ Names carry a configurable prefix so several installations can share one Kafka c
 Keys: instance and series events by StudyInstanceUID (one study stays on one partition, so
 study completion needs no repartition and dispatch order within a study is kept); job events
 and query jobs by job id; config events by config key. Config, operations and dead-letter
-topics are kept forever: they are the audit trail.
+topics are kept forever: they are the audit trail. Heartbeats matter only while fresh: kept one
+hour.
 """
 
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Topic(StrEnum):
     QUERY_OFFPEAK = "commands.query.offpeak"
     DISPATCH_RETRY = "commands.dispatch.retry"
     NOTIFY_RETRY = "commands.notify.retry"
+    HEARTBEATS = "heartbeats"
 
 
 class Lane(StrEnum):
@@ -72,16 +74,32 @@ class TopicSpec:
     partitions: int
     keyed_by: str
     keep_forever: bool
+    own_retention_hours: int | None = None  # instead of the installation's log retention
 
     def config(self, *, retention_hours: int) -> dict[str, str]:
-        retention_ms = FOREVER if self.keep_forever else retention_hours * HOUR_MS
+        hours = self.own_retention_hours or retention_hours
+        retention_ms = FOREVER if self.keep_forever else hours * HOUR_MS
         return {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
 
 
-def _spec(topic: Topic, partitions: int, keyed_by: str, *, keep_forever: bool = False) -> TopicSpec:
+def _spec(
+    topic: Topic,
+    partitions: int,
+    keyed_by: str,
+    *,
+    keep_forever: bool = False,
+    own_retention_hours: int | None = None,
+) -> TopicSpec:
     return TopicSpec(
-        topic=topic, partitions=partitions, keyed_by=keyed_by, keep_forever=keep_forever
+        topic=topic,
+        partitions=partitions,
+        keyed_by=keyed_by,
+        keep_forever=keep_forever,
+        own_retention_hours=own_retention_hours,
     )
+
+
+HEARTBEAT_RETENTION_HOURS = 1
 
 
 CATALOGUE: tuple[TopicSpec, ...] = (
@@ -93,6 +111,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     _spec(Topic.DEADLETTER, 1, "original key", keep_forever=True),
     _spec(Topic.DISPATCH_RETRY, 6, "StudyInstanceUID"),
     _spec(Topic.NOTIFY_RETRY, 6, "StudyInstanceUID"),
+    _spec(Topic.HEARTBEATS, 1, "service:instance", own_retention_hours=HEARTBEAT_RETENTION_HOURS),
     *(
         _spec(
             command_topic(kind, lane),

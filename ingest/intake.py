@@ -112,7 +112,7 @@ class Intake:
         source: str,
     ) -> None:
         self._blobs = blobs
-        self._producer = producer
+        self.producer = producer
         self._outbox = outbox
         self._reader = reader
         self._source = source
@@ -142,7 +142,7 @@ class Intake:
         subject = fact.partition_key() or "intake"  # web and import have no AE title
         envelope = Envelope(payload=fact, source=self._source, subject=subject)
         try:
-            self._producer.publish_async(envelope).add_done_callback(_log_failure)
+            self.producer.publish_async(envelope).add_done_callback(_log_failure)
         except (PublishFailed, PublishRejected) as error:
             log.warning("intake fact not published", type=fact.TYPE, error=str(error))
 

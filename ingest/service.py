@@ -10,6 +10,7 @@ import structlog
 from prometheus_client import start_http_server
 
 from infra.blobstore import BlobStore, open_blob_store
+from infra.heartbeat import Heartbeat
 from infra.log import EventProducer
 from ingest.intake import Intake
 from ingest.outbox import BrokerOutbox, Journal, Outbox
@@ -64,8 +65,10 @@ async def serve(settings: IngestSettings, *, stop: asyncio.Event) -> None:
             start_http_server(settings.metrics_port, addr=settings.metrics_bind)
         receiver = Receiver(settings, intake)
         await receiver.start()
+        heartbeat = Heartbeat(settings, intake.producer, service="receiver").start()
         try:
             await stop.wait()
         finally:
+            heartbeat.stop()
             await receiver.stop()
             log.info("DICOM receiver stopped")

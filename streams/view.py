@@ -11,6 +11,7 @@ half-read configuration.
 Errors: `ConfigUnavailable` (transient): the config topic could not be read in time.
 """
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from infra.catalogue import (
@@ -36,12 +37,13 @@ class ConfigUnavailable(LogUnavailable):
 class ConfigView(TopicFollower):
     """The configuration, forced study completions and suspended queues, kept current."""
 
-    def __init__(self, settings: LogSettings) -> None:
+    def __init__(self, settings: LogSettings, *, extra_topics: Sequence[Topic] = ()) -> None:
         self.config = Configuration()
         self.forced: dict[str, datetime] = {}
         self.suspended_queues: frozenset[str] = frozenset()
         self._operations = topic_name(Topic.OPERATIONS, prefix=settings.topic_prefix)
-        super().__init__(settings, (Topic.CONFIG, Topic.OPERATIONS), name="config-view")
+        topics = (Topic.CONFIG, Topic.OPERATIONS, *extra_topics)
+        super().__init__(settings, topics, name="config-view")
 
     def wants(self, topic: str, type_name: str | None) -> bool:
         return topic != self._operations or type_name in _WANTED_OPERATIONS

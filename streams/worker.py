@@ -52,6 +52,7 @@ from infra.catalogue import (
     StudyCompleted,
 )
 from infra.events import Envelope, Headers, Payload, UndecodableEvent, decode
+from infra.heartbeat import Heartbeat
 from infra.log import ConsumerLoop, DeadLetter, EventProducer, client_config
 from infra.settings import BlobSettings, LogSettings
 from infra.topics import CATALOGUE as TOPICS
@@ -438,6 +439,7 @@ def run(settings: StreamsSettings, *, name: str) -> None:
     with the reprocessor beside it on a thread."""
     view = ConfigView(settings).start()
     producer = EventProducer(settings, client_id=f"streams-{name}")
+    heartbeat = Heartbeat(settings, producer, service="streams").start()
     store = open_blob_store(settings)
     reprocessing = ConsumerLoop(
         settings,
@@ -457,6 +459,7 @@ def run(settings: StreamsSettings, *, name: str) -> None:
     finally:
         reprocessing.stop_requested.set()
         reprocessor.join()
+        heartbeat.stop()
         producer.close()
         store.close()
         view.stop()

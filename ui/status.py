@@ -1,7 +1,10 @@
-"""What the overview and the readiness probe report: reachability, disk space, activity.
+"""What the overview and the readiness probe report: reachability, disk space, activity and
+the health of every service instance from its latest heartbeat.
 
-No service publishes heartbeats yet, so the overview shows what this process can check itself:
-the broker, ClickHouse, the embedded projector, the config view and the blob store's disk.
+The checks are what this process can see itself: the broker, ClickHouse, the embedded
+projector, the config view and the blob store's disk. Every other service says it is alive on
+the heartbeats topic; an instance is stale when its latest heartbeat is older than
+`STALE_AFTER_INTERVALS` of its own intervals.
 """
 
 import shutil
@@ -13,6 +16,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from infra.errors import TalariaError
+from infra.heartbeat import STALE_AFTER_INTERVALS
 from infra.log import client_config
 from projections.queries import Row
 from ui.services import Services
@@ -32,6 +36,39 @@ class DiskSpace:
     where: str
     free_bytes: int | None
     total_bytes: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceHealth:
+    service: str
+    instance: str
+    started_at: datetime
+    last_seen: datetime
+    age_s: float
+    healthy: bool
+    status: str
+
+
+def service_health(services: Services) -> list[ServiceHealth]:
+    """Every service instance that sent a heartbeat, by service and instance."""
+    now = datetime.now(UTC)
+    latest = services.view.heartbeats
+    health = []
+    for key in sorted(latest):
+        beat, seen = latest[key]
+        age_s = max((now - seen).total_seconds(), 0.0)
+        health.append(
+            ServiceHealth(
+                service=beat.service,
+                instance=beat.instance,
+                started_at=beat.started_at,
+                last_seen=seen,
+                age_s=round(age_s, 1),
+                healthy=age_s <= STALE_AFTER_INTERVALS * beat.interval_s,
+                status=beat.status,
+            )
+        )
+    return health
 
 
 def broker_check(services: Services) -> Check:

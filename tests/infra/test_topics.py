@@ -40,6 +40,8 @@ def test_ensure_is_idempotent_and_corrects_retention_drift(log_settings: LogSett
     config = topic_name(Topic.CONFIG, prefix=log_settings.topic_prefix)
     instances = topic_name(Topic.INSTANCES, prefix=log_settings.topic_prefix)
     assert retention(admin, config) == "-1"  # the audit trail is kept forever
+    heartbeats = topic_name(Topic.HEARTBEATS, prefix=log_settings.topic_prefix)
+    assert retention(admin, heartbeats) == "3600000"  # only fresh heartbeats matter
     assert retention(admin, instances) == str(log_settings.log_retention_hours * 3_600_000)
 
     drift = ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)

@@ -15,8 +15,9 @@ from pydicom import dcmread
 from pynetdicom import AE, _config
 
 from bench.dicom_data import CT_IMAGE_STORAGE
-from infra.catalogue import InstanceReceived, InstanceRejected
+from infra.catalogue import InstanceReceived, InstanceRejected, ServiceHeartbeat
 from infra.kafka.broker import LocalBroker
+from infra.topics import Topic
 from ingest.settings import IngestSettings
 from tests.conftest import start_broker
 from tests.ingest.conftest import (
@@ -28,7 +29,7 @@ from tests.ingest.conftest import (
     storescu,
 )
 from tests.ingest.dicom_files import write_study
-from tests.support import free_port, wait_for
+from tests.support import free_port, reading, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -183,6 +184,15 @@ def test_journaled_events_survive_a_killed_receiver(
     )
     try:
         assert_on_log_as_sent(settings, files)
+        with reading(settings, [Topic.HEARTBEATS]) as log:  # the first one could not publish
+            log.wait(
+                lambda r: (
+                    {(b.service, b.instance) for b in r.of(ServiceHeartbeat)}
+                    == {("receiver", f"{socket.gethostname()}:{second.pid}")}
+                ),
+                timeout_s=20,
+                what="the second receiver's heartbeat",
+            )
     finally:
         second.terminate()
         second.wait(timeout=30)

@@ -12,6 +12,7 @@ from infra.catalogue import (
     RulesEvaluated,
     SeriesCompleted,
     SeriesDiscarded,
+    ServiceHeartbeat,
     StudyCompleted,
 )
 from infra.kafka.broker import LocalBroker
@@ -28,6 +29,7 @@ from tests.streams.harness import (
     workers,
 )
 from tests.support import LogReader, publish
+from tests.support import reading as reading_topics
 
 pytestmark = pytest.mark.integration
 
@@ -244,6 +246,13 @@ def test_two_workers_share_the_partitions_and_complete_each_series_once(
         e.source for e, _ in reader.envelopes(SeriesCompleted) if e.payload.study_uid in studies
     }
     assert len(sources) == 2, "both workers completed series"
+    with reading_topics(settings, [Topic.HEARTBEATS]) as log:
+        log.wait(
+            lambda r: len({b.instance for b in r.of(ServiceHeartbeat)}) == 2,
+            timeout_s=10,
+            what="a heartbeat from each worker",
+        )
+        assert {b.service for b in log.of(ServiceHeartbeat)} == {"streams"}
 
 
 def test_a_config_change_between_two_series_changes_the_second_decision(

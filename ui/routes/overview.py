@@ -1,4 +1,5 @@
-"""The overview: health, disk space of the blob store, activity of the last day, recent errors."""
+"""The overview: health (checks and service heartbeats), disk space of the blob store, activity
+of the last day, recent errors."""
 
 from dataclasses import asdict
 from typing import Any
@@ -12,7 +13,7 @@ from projections.queries import Page, Row
 from ui.deps import ServicesDep, Viewer
 from ui.pages import render
 from ui.services import Services
-from ui.status import activity, checks, disk_space
+from ui.status import activity, checks, disk_space, service_health
 
 router = APIRouter()
 
@@ -22,7 +23,7 @@ class Overview(BaseModel):
     disk: dict[str, Any]
     activity: list[Row]
     recent_errors: list[Row]
-    heartbeats: str = "no service publishes heartbeats yet; checks are made by the UI process"
+    services: list[dict[str, Any]]
 
 
 def read_overview(services: Services) -> Overview:
@@ -31,12 +32,14 @@ def read_overview(services: Services) -> Overview:
         disk=asdict(disk_space(services)),
         activity=activity(services),
         recent_errors=queries.failures(services.store, Page(limit=10)).rows,
+        services=[asdict(health) for health in service_health(services)],
     )
 
 
 @router.get("/api/overview", tags=["overview"])
 def overview(services: ServicesDep, _user: Viewer) -> Overview:
-    """At a glance: what is reachable, free disk space, received/dispatched/failed per hour."""
+    """At a glance: what is reachable, each service instance's heartbeat (healthy or stale),
+    free disk space, received/dispatched/failed per hour."""
     return read_overview(services)
 
 
