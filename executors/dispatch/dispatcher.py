@@ -4,11 +4,12 @@ Per command: skip it if the job was already confirmed (a redelivery after a cras
 cancelled; wait while its queue or target is suspended; emit `DispatchStarted`; stage the
 inputs from the blob store; send; record the confirmation in the blob store, then emit
 `DispatchSucceeded`, with a completion `Notify` for each of its rules that notifies on
-completion (a rule's own notification settings, as the processor does for modules). A transient failure emits `DispatchFailed(will_retry=True)` with the next
-attempt time and schedules the retry on the retry topic (exponential backoff with a cap); after
-the last attempt, or on a permanent failure, `DispatchFailed(will_retry=False)` puts the job in
-the failure queue (with an error `Notify` for the rules that want one), from which `JobRetryRequested` sends it again. A `JobCancelled` job that has
-not been sent yet fails with the reason "cancelled" instead of being sent.
+completion (the processor's notices, `executors/notices.py`). A transient failure emits
+`DispatchFailed(will_retry=True)` with the next attempt time and schedules the retry on the
+retry topic (exponential backoff with a cap); after the last attempt, or on a permanent failure,
+`DispatchFailed(will_retry=False)` puts the job in the failure queue (with an error `Notify` for
+the rules that want one), from which `JobRetryRequested` sends it again. A `JobCancelled` job
+that has not been sent yet fails with the reason "cancelled" instead of being sent.
 
 Queue names for `QueueSuspended`: `dispatch` (all), `dispatch.<lane>`, `target:<name>`.
 """
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -276,7 +277,7 @@ class Dispatcher:
                 raise TransientError("stopping while the queue is suspended")
 
     def _notices(
-        self, command: DispatchSeries, trigger: Trigger, details: dict[str, object]
+        self, command: DispatchSeries, trigger: Trigger, details: dict[str, Any]
     ) -> list[Notify]:
         """The notices of every rule that chose this target."""
         names = dict.fromkeys([command.rule, *command.rules])

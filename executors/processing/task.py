@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from executors.notices import derived_job_id, outcome_notices
 from infra.catalogue import (
     BlobReference,
     Command,
@@ -22,7 +23,6 @@ from infra.catalogue import (
     ProcessingStepCompleted,
     ProcessSeries,
 )
-from executors.notices import derived_job_id, outcome_notices
 from streams.config import Configuration, Module, Rule
 
 JsonObject = dict[str, Any]
