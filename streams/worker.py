@@ -268,7 +268,9 @@ class Completions:
             }
             fact = study_completed(record, owed, parked)
         self._in_flight[flight] = record.partition
-        log.info("completion due", type=fact.TYPE, study=record.study_uid, subject=subject_of(fact))
+        log.info(
+            "completion due", type=fact.TYPE, study_uid=record.study_uid, subject=subject_of(fact)
+        )
         await self._publish([fact])
 
     async def _track_assignment(self) -> None:
@@ -360,7 +362,18 @@ class Completions:
             await asyncio.wrap_future(future)
         for payload in payloads:
             if isinstance(payload, Command | SeriesDiscarded):
-                log.info("decided", type=payload.TYPE, subject=subject_of(payload))
+                series = (
+                    [payload.series_uid]
+                    if isinstance(payload, SeriesDiscarded)
+                    else getattr(payload, "series_uids", [])
+                )
+                log.info(
+                    "decided",
+                    type=payload.TYPE,
+                    subject=subject_of(payload),
+                    study_uid=payload.study_uid,
+                    series_uids=series,
+                )
 
     async def _dead_letter(self, event: faust.EventT[bytes], *, reason: str) -> None:
         message = event.message

@@ -207,6 +207,8 @@ class Dispatcher:
         log.info(
             "dispatched",
             job_id=job,
+            study_uid=command.study_uid,
+            series_uids=command.series_uids,
             target=command.target,
             instances=delivery.confirmed,
             seconds=round(seconds, 3),
