@@ -6,6 +6,7 @@ search for a series or a job finds every line about it.
 """
 
 import logging
+import sys
 
 import structlog
 
@@ -21,6 +22,7 @@ def configure_logging(level: int = logging.INFO) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(),
+        # The process's own stdout: Faust replaces sys.stdout with a logger of its own.
+        logger_factory=structlog.PrintLoggerFactory(file=sys.__stdout__),
         cache_logger_on_first_use=True,
     )

@@ -40,6 +40,7 @@ from confluent_kafka import Consumer, TopicPartition
 from faust.types import TP
 from pydantic import Field
 
+from infra.admin import ensure_compacted
 from infra.blobstore import open_blob_store
 from infra.catalogue import (
     CATALOGUE,
@@ -464,6 +465,14 @@ def run(settings: StreamsSettings, *, name: str) -> None:
     reprocessor = threading.Thread(target=reprocessing.run, name="reprocessor")
     reprocessor.start()
     app = build_app(settings, view=view, producer=producer, source=f"streams/{name}")
+    # Faust creates the changelogs too, but an agent that reads their metadata before the
+    # creation crashes (PartitionsMismatch) and stays down: they exist before it starts.
+    ensure_compacted(
+        settings,
+        [table.changelog_topic.get_topic_name() for table in app.tables.values()],
+        partitions=PARTITIONS,
+        replication_factor=settings.streams_replication_factor,
+    )
     worker = faust.Worker(app, loglevel=settings.streams_log_level, quiet=True)
     try:
         worker.execute_from_commandline()
