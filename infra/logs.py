@@ -23,6 +23,6 @@ def configure_logging(level: int = logging.INFO) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         # The process's own stdout: Faust replaces sys.stdout with a logger of its own.
-        logger_factory=structlog.PrintLoggerFactory(file=sys.__stdout__),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.__stdout__),
         cache_logger_on_first_use=True,
     )

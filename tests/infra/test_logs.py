@@ -6,14 +6,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
+# Faust (the streams worker) replaces sys.stdout with a logger of its own while it runs.
 PROGRAM = """
 import structlog
+from mode.utils.logging import redirect_stdouts
 from infra.logs import configure_logging
 configure_logging()
-structlog.get_logger("executors.dispatch").info(
-    "dispatched", job_id="j-1", study_uid="1.2", series_uids=["1.2.3"]
-)
-structlog.get_logger("x").debug("not at info level")
+with redirect_stdouts():
+    structlog.get_logger("executors.dispatch").info(
+        "dispatched", job_id="j-1", study_uid="1.2", series_uids=["1.2.3"]
+    )
+    structlog.get_logger("x").debug("not at info level")
 """
 
 
