@@ -67,6 +67,7 @@ def talaria_up(folder: Path, **env: str) -> Iterator[Stack]:
         "TALARIA_INITIAL_ADMIN_PASSWORD": ADMIN_PASSWORD,
         **env,
     }
+    folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "up.log"
     with log_path.open("wb") as log:
         up = subprocess.Popen(
