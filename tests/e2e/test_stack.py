@@ -108,6 +108,7 @@ def log_entries(stack: Stack, service: str) -> list[dict[str, Any]]:
     return entries
 
 
+@pytest.mark.timeout(600)  # the stack starts in 1-2 minutes on a loaded 2-core machine
 def test_two_studies_are_routed_processed_notified_and_discarded_as_the_rules_say(
     copy_module: str, stack: Stack, webhook: WebhookServer, tmp_path: Path
 ) -> None:
