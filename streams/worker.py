@@ -74,6 +74,7 @@ from streams.view import ConfigView
 
 log = structlog.get_logger(__name__)
 
+METADATA_MAX_AGE_MS = 10_000
 PARTITIONS = next(spec.partitions for spec in TOPICS if spec.topic is Topic.INSTANCES)
 
 
@@ -417,6 +418,9 @@ def build_app(
         broker_heartbeat_interval=settings.consumer_heartbeat_ms / 1000,
         broker_max_poll_interval=settings.consumer_max_poll_interval_ms / 1000,
         broker_commit_interval=1.0,
+        # A worker that rejoined while a restarted broker's metadata still lacked the topics
+        # gets no partitions until a metadata refresh shows them (then it rejoins): often.
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         stream_recovery_delay=0.0,
         web_enabled=settings.streams_web_port > 0,
         web_bind="127.0.0.1",
