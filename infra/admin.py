@@ -83,11 +83,9 @@ def ensure_topics(settings: LogSettings, *, grow_partitions: bool = False) -> li
 def _create_missing(
     admin: AdminClient, *, specs: dict[str, TopicSpec], retention_hours: int
 ) -> set[str]:
-    """Create topics in one request; the names created (metadata can lag a creation, so a
-    topic that turns out to exist already is left to the check)."""
-    if not specs:
-        return set()
-    futures = admin.create_topics(
+    """Create the catalogue topics of `specs` in one request; the names created."""
+    return _create(
+        admin,
         [
             NewTopic(
                 name,
@@ -96,10 +94,17 @@ def _create_missing(
                 config=spec.config(retention_hours=retention_hours),
             )
             for name, spec in specs.items()
-        ]
+        ],
     )
+
+
+def _create(admin: AdminClient, topics: list[NewTopic]) -> set[str]:
+    """Create topics in one request; the names created (metadata can lag a creation, so a
+    topic that turns out to exist already is left to the caller)."""
+    if not topics:
+        return set()
     created = set()
-    for name, future in futures.items():
+    for name, future in admin.create_topics(topics).items():
         try:
             future.result(timeout=_TIMEOUT_S)
             created.add(name)
@@ -107,6 +112,22 @@ def _create_missing(
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TopicSetupFailed(f"topic {name}: {error.args[0].str()}") from error
     return created
+
+
+def ensure_compacted(
+    settings: LogSettings, names: list[str], *, partitions: int, replication_factor: int
+) -> None:
+    """Make compacted topics (the streams worker's table changelogs) exist, with leaders."""
+    admin = AdminClient(client_config(settings))
+    config = {"cleanup.policy": "compact"}
+    created = _create(
+        admin,
+        [
+            NewTopic(name, partitions, replication_factor=replication_factor, config=config)
+            for name in names
+        ],
+    )
+    _wait_for_leaders(admin, created)
 
 
 def _check(

@@ -312,6 +312,10 @@ class JobRow:
     result: str = ""
     retry_requested_at: datetime | None = None
     cancelled_at: datetime | None = None
+    steps: int = 0
+    """Modules in a processing job's chain (from its command)."""
+    steps_done: int = 0
+    """Steps completed so far; all of them: the job succeeded."""
     positions: dict[str, int] = field(default_factory=dict)
     version: int = 0
     updated_at: datetime | None = None
@@ -352,6 +356,11 @@ def _commanded(
     row: JobRow, event: Envelope, command: ProcessSeries | DispatchSeries | Notify
 ) -> JobRow:
     kinds = {ProcessSeries: "process", DispatchSeries: "dispatch", Notify: "notify"}
+    if isinstance(command, ProcessSeries):
+        # The command may be folded after its steps' events (another topic): settle it here too.
+        row = _with(row, steps=len(command.steps))
+        if row.outcome == "running" and row.steps_done >= row.steps:
+            row = _outcome(row, event, "succeeded")
     return _with(
         row,
         kind=kinds[type(command)],
@@ -395,7 +404,15 @@ def _job_fact(row: JobRow, event: Envelope) -> JobRow:
             )
         case ProcessingStepCompleted():
             step = {"step": payload.step, "module": payload.module, "exit_code": payload.exit_code}
-            return _outcome(row, event, "running", kind=row.kind or "process", result=_json(step))
+            done = max(row.steps_done, payload.step + 1)
+            return _outcome(
+                row,
+                event,
+                "succeeded" if row.steps and done >= row.steps else "running",
+                kind=row.kind or "process",
+                result=_json(step),
+                steps_done=done,
+            )
         case DispatchSucceeded():
             result = {"confirmed": payload.confirmed, "warnings": payload.warnings}
             return _outcome(

@@ -6,7 +6,7 @@ engine merged the older ones away. Results are lists of dicts keyed by column na
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from projections.errors import QueryFailed
@@ -169,6 +169,20 @@ def failures(store: ClickHouse, page: Page | None = None) -> Paged:
     """Jobs of any kind that failed for good (until an operator retries them)."""
     kinds = ("process", "dispatch", "notify", "")
     return _jobs(store, kinds=kinds, states=("failed",), page=page or Page())
+
+
+def stuck_jobs(store: ClickHouse, *, now: datetime, idle: timedelta) -> list[Row]:
+    """Active jobs with no event for `idle` and no retry scheduled within it, oldest first
+    (a job known only from an operator's request, without a command, is not one)."""
+    sql = (
+        f"SELECT {_JOB_COLUMNS}, updated_at FROM {{db}}.jobs FINAL "  # noqa: S608 - fixed
+        "WHERE kind != '' AND state IN {states:Array(String)} "
+        "AND updated_at < {since:DateTime64(6, 'UTC')} "
+        "AND (next_retry_at IS NULL OR next_retry_at < {since:DateTime64(6, 'UTC')}) "
+        "ORDER BY updated_at, job_id, target LIMIT {limit:UInt32}"
+    )
+    params = {"states": list(ACTIVE_STATES), "since": now - idle, "limit": MAX_PAGE}
+    return store.select(sql, params).dicts()
 
 
 def pending_studies(store: ClickHouse, page: Page | None = None) -> Paged:

@@ -81,6 +81,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) ENGINE = ReplacingMergeTree ORDER BY generation""",
         ),
     ),
+    Migration(
+        number=2,
+        name="processing steps of jobs",
+        statements=(
+            "ALTER TABLE {db}.jobs ADD COLUMN IF NOT EXISTS steps UInt32 DEFAULT 0",
+            "ALTER TABLE {db}.jobs ADD COLUMN IF NOT EXISTS steps_done UInt32 DEFAULT 0",
+        ),
+    ),
 )
 
 BOOKKEEPING = """CREATE TABLE IF NOT EXISTS {db}.schema_migrations (

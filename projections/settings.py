@@ -52,6 +52,9 @@ class ProjectionSettings(LogSettings):
     )
     projector_batch: int = Field(default=5000, ge=1, le=100_000)
     projector_cache_rows: int = Field(default=200_000, ge=1000)
+    stuck_after_minutes: float = Field(
+        default=30.0, gt=0, description="An active job without an event this long is stuck."
+    )
 
     @field_validator("clickhouse_url")
     @classmethod

@@ -40,6 +40,7 @@ from confluent_kafka import Consumer, TopicPartition
 from faust.types import TP
 from pydantic import Field
 
+from infra.admin import ensure_compacted
 from infra.blobstore import open_blob_store
 from infra.catalogue import (
     CATALOGUE,
@@ -74,6 +75,7 @@ from streams.view import ConfigView
 
 log = structlog.get_logger(__name__)
 
+METADATA_MAX_AGE_MS = 10_000
 PARTITIONS = next(spec.partitions for spec in TOPICS if spec.topic is Topic.INSTANCES)
 
 
@@ -269,7 +271,9 @@ class Completions:
             }
             fact = study_completed(record, owed, parked)
         self._in_flight[flight] = record.partition
-        log.info("completion due", type=fact.TYPE, study=record.study_uid, subject=subject_of(fact))
+        log.info(
+            "completion due", type=fact.TYPE, study_uid=record.study_uid, subject=subject_of(fact)
+        )
         await self._publish([fact])
 
     async def _track_assignment(self) -> None:
@@ -361,7 +365,18 @@ class Completions:
             await asyncio.wrap_future(future)
         for payload in payloads:
             if isinstance(payload, Command | SeriesDiscarded):
-                log.info("decided", type=payload.TYPE, subject=subject_of(payload))
+                series = (
+                    [payload.series_uid]
+                    if isinstance(payload, SeriesDiscarded)
+                    else getattr(payload, "series_uids", [])
+                )
+                log.info(
+                    "decided",
+                    type=payload.TYPE,
+                    subject=subject_of(payload),
+                    study_uid=payload.study_uid,
+                    series_uids=series,
+                )
 
     async def _dead_letter(self, event: faust.EventT[bytes], *, reason: str) -> None:
         message = event.message
@@ -404,6 +419,9 @@ def build_app(
         broker_heartbeat_interval=settings.consumer_heartbeat_ms / 1000,
         broker_max_poll_interval=settings.consumer_max_poll_interval_ms / 1000,
         broker_commit_interval=1.0,
+        # A worker that rejoined while a restarted broker's metadata still lacked the topics
+        # gets no partitions until a metadata refresh shows them (then it rejoins): often.
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         stream_recovery_delay=0.0,
         web_enabled=settings.streams_web_port > 0,
         web_bind="127.0.0.1",
@@ -453,6 +471,14 @@ def run(settings: StreamsSettings, *, name: str) -> None:
     reprocessor = threading.Thread(target=reprocessing.run, name="reprocessor")
     reprocessor.start()
     app = build_app(settings, view=view, producer=producer, source=f"streams/{name}")
+    # Faust creates the changelogs too, but an agent that reads their metadata before the
+    # creation crashes (PartitionsMismatch) and stays down: they exist before it starts.
+    ensure_compacted(
+        settings,
+        [table.changelog_topic.get_topic_name() for table in app.tables.values()],
+        partitions=PARTITIONS,
+        replication_factor=settings.streams_replication_factor,
+    )
     worker = faust.Worker(app, loglevel=settings.streams_log_level, quiet=True)
     try:
         worker.execute_from_commandline()

@@ -53,10 +53,16 @@ def wait_until_listening(port: int, process: subprocess.Popen[bytes], *, timeout
 
 
 @contextmanager
-def serving(command: list[str], *, port: int, timeout_s: float = 30) -> Iterator[None]:
+def serving(
+    command: list[str], *, port: int, timeout_s: float = 30, env: dict[str, str] | None = None
+) -> Iterator[None]:
     """Run a server process for the duration of the block; it must listen on `port`."""
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     try:
         wait_until_listening(port, process, timeout_s=timeout_s)

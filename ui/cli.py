@@ -11,6 +11,7 @@ from executors.processing.cli import process_app
 from executors.query.cli import query_app
 from infra.cli import kafka_app, status, topics_app, up
 from infra.errors import TalariaError
+from infra.logs import configure_logging
 from ingest.cli import ingest_app
 from projections.cli import projections_app, sql
 from streams.cli import config_app, streams_app
@@ -41,6 +42,7 @@ app.add_typer(ui_app, name="ui")
 
 def main() -> None:
     """Run the CLI; a Talaria error becomes one sentence on stderr and exit code 1."""
+    configure_logging()
     try:
         app()
     except TalariaError as error:

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 
@@ -19,6 +20,7 @@ from ingest.intake import Intake
 from ingest.service import open_intake
 from projections.projector import Projector
 from projections.store import ClickHouse
+from projections.stuck import StuckWatch
 from streams.view import ConfigUnavailable
 from ui.security import LoginThrottle, SessionCodec
 from ui.settings import UiSettings
@@ -73,6 +75,8 @@ def open_services(settings: UiSettings) -> Iterator[Services]:
             cache_rows=settings.projector_cache_rows,
         )
         projector.start()
+    watch = StuckWatch(store, idle=timedelta(minutes=settings.stuck_after_minutes))
+    watch.start()
     intake_settings = settings
     if settings.journal_dir is None:  # not the receiver's journal: another process owns it
         intake_settings = settings.model_copy(update={"journal_dir": settings.data_dir / "ui"})
@@ -95,6 +99,7 @@ def open_services(settings: UiSettings) -> Iterator[Services]:
                 source=source_name(),
             )
     finally:
+        watch.stop()
         if projector is not None:
             projector.stop()
         producer.close()

@@ -3,11 +3,13 @@
 Per command: skip it if the job was already confirmed (a redelivery after a crash) or
 cancelled; wait while its queue or target is suspended; emit `DispatchStarted`; stage the
 inputs from the blob store; send; record the confirmation in the blob store, then emit
-`DispatchSucceeded`. A transient failure emits `DispatchFailed(will_retry=True)` with the next
-attempt time and schedules the retry on the retry topic (exponential backoff with a cap); after
-the last attempt, or on a permanent failure, `DispatchFailed(will_retry=False)` puts the job in
-the failure queue, from which `JobRetryRequested` sends it again. A `JobCancelled` job that has
-not been sent yet fails with the reason "cancelled" instead of being sent.
+`DispatchSucceeded`, with a completion `Notify` for each of its rules that notifies on
+completion (the processor's notices, `executors/notices.py`). A transient failure emits
+`DispatchFailed(will_retry=True)` with the next attempt time and schedules the retry on the
+retry topic (exponential backoff with a cap); after the last attempt, or on a permanent failure,
+`DispatchFailed(will_retry=False)` puts the job in the failure queue (with an error `Notify` for
+the rules that want one), from which `JobRetryRequested` sends it again. A `JobCancelled` job
+that has not been sent yet fails with the reason "cancelled" instead of being sent.
 
 Queue names for `QueueSuspended`: `dispatch` (all), `dispatch.<lane>`, `target:<name>`.
 """
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -29,6 +31,7 @@ from executors.dispatch import DispatchError, TargetMisconfigured
 from executors.dispatch.staging import stage
 from executors.dispatch.target import Batch, Delivery
 from executors.dispatch.targets import open_target
+from executors.notices import Trigger, outcome_notices
 from executors.retry import RetryPolicy
 from executors.service import ExecutorSettings
 from infra.blobstore import BlobKey, BlobStore, blob_key
@@ -39,10 +42,12 @@ from infra.catalogue import (
     DispatchSucceeded,
     JobCancelled,
     JobRetryRequested,
+    Notify,
 )
 from infra.errors import PermanentError, TransientError
 from infra.events import Envelope, Payload
 from infra.log import EventProducer
+from streams.config import Rule
 
 log = structlog.get_logger(__name__)
 SOURCE = "dispatcher"
@@ -71,6 +76,8 @@ class Controls(Protocol):
     """What operators and staff configured, as the dispatcher needs it."""
 
     def target_config(self, name: str) -> dict[str, object] | None: ...
+
+    def rule(self, name: str) -> Rule | None: ...
 
     def suspended(self, queue: str) -> bool: ...
 
@@ -180,15 +187,17 @@ class Dispatcher:
             confirmation_key(job),
             json.dumps({"confirmed": delivery.confirmed, "warnings": delivery.warnings}).encode(),
         )
-        self._emit(
-            cause,
-            DispatchSucceeded(
-                job_id=job,
-                target=command.target,
-                attempt=command.attempt,
-                confirmed=delivery.confirmed,
-                warnings=delivery.warnings,
-            ),
+        succeeded = DispatchSucceeded(
+            job_id=job,
+            target=command.target,
+            attempt=command.attempt,
+            confirmed=delivery.confirmed,
+            warnings=delivery.warnings,
+        )
+        details = {"target": command.target, "confirmed": delivery.confirmed}
+        self._producer.publish_all(
+            cause.caused(payload, source=SOURCE, subject=job)
+            for payload in [succeeded, *self._notices(command, "completion", details)]
         )
         seconds = time.monotonic() - began
         JOBS.labels(command.target, "succeeded").inc()
@@ -198,6 +207,8 @@ class Dispatcher:
         log.info(
             "dispatched",
             job_id=job,
+            study_uid=command.study_uid,
+            series_uids=command.series_uids,
             target=command.target,
             instances=delivery.confirmed,
             seconds=round(seconds, 3),
@@ -246,6 +257,9 @@ class Dispatcher:
             events.append(
                 command.model_copy(update={"attempt": command.attempt + 1, "not_before": retry_at})
             )
+        else:
+            details = {"target": command.target, "reason": failure.reason}
+            events.extend(self._notices(command, "error", details))
         log.warning(
             "dispatch failed",
             job_id=command.job_id,
@@ -264,5 +278,13 @@ class Dispatcher:
             if self._stop.wait(1.0):
                 raise TransientError("stopping while the queue is suspended")
 
-    def _emit(self, cause: Envelope, payload: DispatchStarted | DispatchSucceeded) -> None:
+    def _notices(
+        self, command: DispatchSeries, trigger: Trigger, details: dict[str, Any]
+    ) -> list[Notify]:
+        """The notices of every rule that chose this target."""
+        names = dict.fromkeys([command.rule, *command.rules])
+        rules = [(name, self._controls.rule(name)) for name in names]
+        return outcome_notices(command, rules, trigger=trigger, details=details)
+
+    def _emit(self, cause: Envelope, payload: DispatchStarted) -> None:
         self._producer.publish(cause.caused(payload, source=SOURCE, subject=payload.job_id))

@@ -14,6 +14,7 @@ from executors.retry import RetryPolicy
 from executors.service import ExecutorService
 from infra.log import ConsumerLoop
 from infra.topics import CommandKind
+from streams.config import Rule
 from streams.view import ConfigView
 
 GROUP = "dispatcher"
@@ -28,6 +29,9 @@ class ViewControls:
     def target_config(self, name: str) -> dict[str, object] | None:
         target = self._view.config.targets.get(name)
         return None if target is None else target.model_dump()
+
+    def rule(self, name: str) -> Rule | None:
+        return self._view.config.rules.get(name)
 
     def suspended(self, queue: str) -> bool:
         return queue in self._view.suspended_queues

@@ -94,7 +94,13 @@ class Processor:
     def run_job(self, envelope: Envelope, command: ProcessSeries) -> None:
         """Run one attempt of a job, unless it already finished."""
         journal = JobJournal(self._blobs, command.job_id)
-        job_log = log.bind(job_id=command.job_id, attempt=command.attempt, rule=command.rule)
+        job_log = log.bind(
+            job_id=command.job_id,
+            attempt=command.attempt,
+            rule=command.rule,
+            study_uid=command.study_uid,
+            series_uids=command.series_uids,
+        )
         if journal.is_published(command.attempt, OUTCOME):
             job_log.info("job attempt already finished; redelivered command ignored")
             return

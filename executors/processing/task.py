@@ -9,18 +9,17 @@ those a module's `__mercure_routing` chose when the rule allows dynamic routing)
 completion `Notify` carrying the modules' `__mercure_notification` texts.
 """
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from executors.notices import derived_job_id, outcome_notices
 from infra.catalogue import (
     BlobReference,
     Command,
     DispatchSeries,
     ModuleStep,
-    Notify,
     ProcessingStepCompleted,
     ProcessSeries,
 )
@@ -29,7 +28,6 @@ from streams.config import Configuration, Module, Rule
 JsonObject = dict[str, Any]
 MISSING = "MISSING"
 TALARIA_VERSION = "talaria-0.1.0"
-_JOB_NAMESPACE = uuid.UUID("0d7c3e52-6f0a-4b8e-93a1-6c2f1e8b5a47")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,11 +181,6 @@ def notification_details(results: Sequence[ProcessingStepCompleted]) -> JsonObje
     return {"text": "\n".join(texts), "requested": requested} if texts or requested else {}
 
 
-def derived_job_id(command: ProcessSeries, *parts: str) -> str:
-    """The id of a job that follows from this attempt; the same whenever it is derived again."""
-    return str(uuid.uuid5(_JOB_NAMESPACE, "/".join((command.job_id, str(command.attempt), *parts))))
-
-
 def follow_ups(
     command: ProcessSeries,
     *,
@@ -215,35 +208,15 @@ def follow_ups(
             )
             for target in targets
         ]
-    details = notification_details(results)
-    wanted = (
-        rule is not None
-        and rule.notifies
-        and (
-            rule.notification_trigger_completion
-            or (rule.notification_trigger_completion_on_request and details.get("requested"))
+    rule_named = [(command.rule, rule)]
+    return list(
+        outcome_notices(
+            command, rule_named, trigger="completion", details=notification_details(results)
         )
     )
-    return [_notify(command, "completion", details)] if wanted else []
 
 
 def failure_notice(command: ProcessSeries, *, reason: str, config: Configuration) -> list[Command]:
     """The error `Notify` of a failed job, if its rule notifies on errors."""
-    rule = config.rules.get(command.rule)
-    if rule is None or not rule.notifies or not rule.notification_trigger_error:
-        return []
-    return [_notify(command, "error", {"reason": reason})]
-
-
-def _notify(command: ProcessSeries, trigger: str, details: JsonObject) -> Notify:
-    return Notify(
-        study_uid=command.study_uid,
-        lane=command.lane,
-        job_id=derived_job_id(command, "notify", trigger),
-        rule=command.rule,
-        trigger=trigger,
-        details=details,
-        series_uids=command.series_uids,
-        completion_id=command.completion_id,
-        tags=command.tags,
-    )
+    rule_named = [(command.rule, config.rules.get(command.rule))]
+    return list(outcome_notices(command, rule_named, trigger="error", details={"reason": reason}))

@@ -3,12 +3,15 @@
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from infra.catalogue import DispatchFailed, DispatchSeries, DispatchStarted
 from projections import queries
 from projections.errors import QueryFailed, QueryRefused
 from projections.queries import ArchiveQuery, Page
 from projections.store import ClickHouse
+from projections.stuck import StuckWatch
 from projections.writer import BatchWriter, Record
 from tests.projections.story import (
     CT_SERIES,
@@ -135,6 +138,30 @@ def test_archive_search_pages_through_a_stable_sort(filled: ClickHouse) -> None:
     assert [row["modality"] for row in by_modality.rows] == ["CT"] * 6 + ["MR"]
     with pytest.raises(QueryFailed):
         Page(limit=10_000)
+
+
+def test_a_job_without_progress_for_the_stuck_period_is_reported_once(
+    filled: ClickHouse,
+) -> None:
+    # job-retry failed at minute 802 "will retry", then nothing more happened.
+    now = at(820)
+    watch = StuckWatch(filled, idle=timedelta(minutes=30), clock=lambda: now)
+    with capture_logs() as early:
+        assert watch.check() == []
+    assert early == []
+    now = at(840)
+    with capture_logs() as warned:
+        (stuck,) = watch.check()
+        watch.check()
+    assert (stuck["job_id"], stuck["state"]) == ("job-retry", "retrying")
+    (warning,) = warned
+    assert warning["event"] == "job stuck"
+    assert (warning["job_id"], warning["study_uid"], warning["series_uids"]) == (
+        "job-retry",
+        "7.1",
+        ["7.1.00"],
+    )
+    assert REGISTRY.get_sample_value("talaria_stuck_jobs") == 1
 
 
 def test_queue_views_show_active_failed_and_pending_work(filled: ClickHouse) -> None:

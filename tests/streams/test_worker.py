@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from infra.catalogue import (
     DispatchSeries,
@@ -18,6 +19,7 @@ from infra.catalogue import (
 from infra.kafka.broker import LocalBroker
 from infra.settings import LogSettings
 from infra.topics import Lane, Topic, topic_name
+from streams.worker import PARTITIONS
 from tests.conftest import settings_for
 from tests.streams.harness import (
     instance,
@@ -124,6 +126,21 @@ def test_three_series_complete_at_their_timeout_and_become_the_right_commands(
     evaluated = {e.series_uid: e for e in reader.of(RulesEvaluated) if e.study_uid == study}
     assert evaluated["1.2.3.1"].matched_rules == ["ct"]
     assert evaluated["1.2.3.3"].matched_rules == []
+    # The tables' changelogs, created before the worker starts (no other topic of that name).
+    prefix = f"{log_settings.topic_prefix}streams-"
+    topics = (
+        AdminClient({"bootstrap.servers": log_settings.kafka_bootstrap})
+        .list_topics(timeout=10)
+        .topics
+    )
+    changelogs = {
+        name: len(t.partitions)
+        for name, t in topics.items()
+        if name.startswith(prefix) and name.endswith("-changelog")
+    }
+    assert changelogs == {
+        f"{prefix}{table}-changelog": PARTITIONS for table in ("studies", "instances", "parked")
+    }
 
 
 def test_a_study_rule_collects_its_series_and_acts_once_the_study_is_complete(

@@ -24,8 +24,10 @@ from infra.catalogue import (
     DispatchSucceeded,
     JobCancelled,
     JobRetryRequested,
+    Notify,
     QueueResumed,
     QueueSuspended,
+    RuleSaved,
     TargetSaved,
 )
 from infra.events import Envelope, Payload
@@ -100,7 +102,8 @@ def dicom_target(name: str, port: int, aet: str = "STORE") -> Envelope:
 
 
 def jobs(settings: DispatchSettings) -> Any:
-    return reading(settings, [Topic.JOBS])
+    """Job facts and the notices that follow them."""
+    return reading(settings, [Topic.JOBS, Topic.NOTIFY_NORMAL])
 
 
 def received_match(
@@ -158,6 +161,14 @@ def test_a_permanent_refusal_fails_at_once_and_a_retry_after_the_fix_succeeds(
     inputs = stored_series(settings, tmp_path / "src", instances=2)
     command = dispatch(inputs, target="pacs")
     job_id = command.payload.job_id  # type: ignore[attr-defined]
+    # The rule notifies on errors and completion; another rule that chose the target does not.
+    webhook = {"notification_webhook": "http://127.0.0.1:9/hook"}
+    rules = [
+        Envelope(payload=RuleSaved(name=name, after=after), source="test", subject=name)
+        for name, after in (("ct", webhook), ("quiet", {}))
+    ]
+    publish(settings, rules)
+    command.payload.rules.append("quiet")  # type: ignore[attr-defined]
     with jobs(settings) as log, dispatch_service(settings):
         publish(settings, [target_saved("pacs", target_type="dicom", ip="127.0.0.1", port=1)])
         publish(settings, [command])
@@ -182,6 +193,16 @@ def test_a_permanent_refusal_fails_at_once_and_a_retry_after_the_fix_succeeds(
         time.sleep(3)
     assert received_match(storescp, settings, inputs)
     assert len(log.of(DispatchSucceeded)) == 1
+    # Only the permanent failure and the success are notified, to the rule with a webhook.
+    error, completion = log.of(Notify)
+    assert (error.trigger, error.rule, error.job_id != job_id) == ("error", "ct", True)
+    assert error.details["target"] == "pacs"
+    assert "port" in error.details["reason"]
+    assert (completion.trigger, completion.details) == (
+        "completion",
+        {"target": "pacs", "confirmed": 2},
+    )
+    assert (completion.study_uid, completion.series_uids) == ("1.2.3", ["1.2.3.4"])
 
 
 def operator(payload: Payload) -> Envelope:

@@ -15,6 +15,7 @@ import importlib.metadata
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -36,25 +37,39 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 def docker_client(*, start_timeout_s: float = 60) -> docker.DockerClient:
     """A client of the local engine (or `DOCKER_HOST`), starting `dockerd` if needed."""
-    client = docker.from_env(timeout=120)
-    if _answers(client):
+    client = _answering_client()
+    if client is not None:
         return client
     if os.environ.get("DOCKER_HOST"):
         raise RuntimeError(f"DOCKER_HOST={os.environ['DOCKER_HOST']} does not answer")
     _start_dockerd()
     deadline = time.monotonic() + start_timeout_s
-    while not _answers(client):
+    while (client := _answering_client()) is None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"dockerd did not answer on {SOCKET} in {start_timeout_s} s")
         time.sleep(0.5)
     return client
 
 
-def _answers(client: docker.DockerClient) -> bool:
+def _answering_client() -> docker.DockerClient | None:
+    """A client if the engine answers (creating one asks the engine for its API version; a
+    socket nobody listens on is found out first, as the client would leak its connection)."""
+    if not os.environ.get("DOCKER_HOST") and not _socket_accepts():
+        return None
     try:
-        return bool(client.ping())
+        client = docker.from_env(timeout=120)
+        return client if client.ping() else None
     except (docker.errors.DockerException, OSError):
-        return False
+        return None
+
+
+def _socket_accepts() -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(SOCKET))
+        except OSError:
+            return False
+    return True
 
 
 def _start_dockerd() -> None:

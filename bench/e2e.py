@@ -1,0 +1,194 @@
+"""End to end: a CT study through Talaria and through Orthanc auto-routing, in one run.
+
+The same study (one series, 512x512 CT, 500 instances by default) is sent with DCMTK `storescu`
+to each router, which forwards it, once the series is stable, to a DCMTK `storescp` target
+(restarted empty for every measurement):
+  - `talaria`: `talaria up` (every service, its own broker), a rule routing everything to the
+    target, `series_complete_trigger` = the stable age;
+  - `orthanc`: Orthanc 1.10 (Debian) with a Lua `OnStableSeries` script that C-STOREs the series to
+    the target (`RestApiPost('/modalities/target/store', seriesId)`), `StableAge` = the same age.
+Each repetition sends a fresh study (new UIDs) to both, in alternating order. Measured from the
+target's file times: `latency` = last file at the target - storescu exit (the last instance
+received and acknowledged) - stable age; `e2e` = last file at the target - storescu start;
+`throughput` = instances / e2e (receive to target). storescp and Orthanc listen on every
+interface, so run it in a private network namespace:
+
+    bash infra/isolated.sh .venv/bin/python -m bench.e2e [--reps 2] [--instances 500]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bench.dispatch import DCMTK_ENV, ORTHANC, STORESCU, target
+from bench.ingest import make_dataset
+from tests.e2e.stack import talaria_up
+from tests.support import free_port, serving
+
+LUA_ON_STABLE_SERIES = """
+function OnStableSeries(seriesId, tags, metadata)
+   RestApiPost('/modalities/target/store', seriesId)
+end
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    latency_s: float
+    e2e_s: float
+    throughput: float
+
+
+def through(router_port: int, files: list[Path], folder: Path, *, stable_age_s: float) -> Run:
+    """Send `files` to the router and wait for all of them at the target."""
+    began = time.time()
+    subprocess.run(
+        [STORESCU, "-aec", "ROUTER", "127.0.0.1", str(router_port), *map(str, files)],
+        env=DCMTK_ENV,
+        check=True,
+        capture_output=True,
+    )
+    sent = time.time()
+    deadline = time.monotonic() + 600
+    while sum(1 for _ in folder.iterdir()) < len(files):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{sum(1 for _ in folder.iterdir())} of {len(files)} arrived")
+        time.sleep(0.01)
+    last = max(path.stat().st_mtime for path in folder.iterdir())
+    return Run(
+        latency_s=last - sent - stable_age_s,
+        e2e_s=last - began,
+        throughput=len(files) / (last - began),
+    )
+
+
+@contextmanager
+def talaria(work: Path, *, stable_age_s: float) -> Iterator[Callable[[int], int]]:
+    """The stack, up once; `route_to(port)` points its rule at a target and gives the DICOM port."""
+    shutil.rmtree(work / "talaria", ignore_errors=True)
+    with talaria_up(work / "talaria", TALARIA_AE_TITLE="ROUTER") as stack:
+
+        def route_to(port: int) -> int:
+            config = work / "talaria" / "routing.yaml"
+            target = {"target_type": "dicom", "ip": "127.0.0.1", "port": port}
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "settings": {"series_complete_trigger": stable_age_s},
+                        "targets": {"target": {**target, "aet_target": "TARGET"}},
+                        "rules": {"all": {"rule": "True", "action": "route", "target": "target"}},
+                    }
+                )
+            )
+            applied = stack.talaria("config", "apply", str(config))
+            if applied.returncode != 0:
+                raise RuntimeError(applied.stderr)
+            return stack.dicom_port
+
+        yield route_to
+
+
+@contextmanager
+def orthanc(work: Path, target_port: int, *, stable_age_s: float) -> Iterator[int]:
+    """Orthanc with an empty storage, routing stable series to the target; its DICOM port."""
+    storage = work / "orthanc"
+    shutil.rmtree(storage, ignore_errors=True)
+    storage.mkdir(parents=True)
+    script = work / "route_series.lua"
+    script.write_text(LUA_ON_STABLE_SERIES)
+    dicom, http = free_port(), free_port()
+    config = work / "orthanc.json"
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "bench",
+                "StorageDirectory": str(storage),
+                "IndexDirectory": str(storage),
+                "StorageCompression": False,
+                "HttpPort": http,
+                "RemoteAccessAllowed": False,
+                "DicomPort": dicom,
+                "DicomAet": "ROUTER",
+                "DicomCheckCalledAet": False,
+                "DicomAlwaysAllowStore": True,
+                "DicomModalities": {"target": ["TARGET", "127.0.0.1", target_port]},
+                "StableAge": round(stable_age_s),
+                "LuaScripts": [str(script)],
+            }
+        )
+    )
+    with serving([ORTHANC, str(config)], port=dicom, timeout_s=60, env=DCMTK_ENV):
+        yield dicom
+
+
+def load() -> str:
+    return ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "talaria-bench-e2e"))
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--instances", type=int, default=500)
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--stable-age", type=int, default=1, help="seconds (Orthanc: whole)")
+    args = parser.parse_args()
+    work = Path(args.work)
+    age = float(args.stable_age)
+    studies = [
+        make_dataset(
+            work / "data" / f"{args.instances}x{args.rows}-{rep}",
+            series=1,
+            instances=args.instances,
+            rows=args.rows,
+        )
+        for rep in range(args.reps)
+    ]
+    runs: dict[str, list[Run]] = {"talaria": [], "orthanc": []}
+    with talaria(work, stable_age_s=age) as route_to:
+        for rep, files in enumerate(studies):
+            order = ["talaria", "orthanc"] if rep % 2 == 0 else ["orthanc", "talaria"]
+            for name in order:
+                with target(work) as (port, folder):
+                    if name == "talaria":
+                        run = through(route_to(port), files, folder, stable_age_s=age)
+                    else:
+                        with orthanc(work, port, stable_age_s=age) as router:
+                            run = through(router, files, folder, stable_age_s=age)
+                runs[name].append(run)
+                print(
+                    f"rep {rep + 1} {name:8} latency {run.latency_s:6.2f} s  e2e {run.e2e_s:6.2f} s"
+                    f"  {run.throughput:6.1f} instances/s  (load {load()})",
+                    flush=True,
+                )
+
+    def median(name: str, field: str) -> float:
+        return statistics.median(getattr(run, field) for run in runs[name])
+
+    print(
+        f"\n{args.instances} instances {args.rows}x{args.rows}, stable age {age:.0f} s, "
+        f"{args.reps} repetitions (medians); load {load()}"
+    )
+    print(f"  {'':28} {'talaria':>9} {'orthanc':>9} {'ratio':>7}")
+    for field, label in (
+        ("latency_s", "latency - stable age (s)"),
+        ("e2e_s", "end to end (s)"),
+        ("throughput", "throughput (instances/s)"),
+    ):
+        ours, theirs = median("talaria", field), median("orthanc", field)
+        print(f"  {label:28} {ours:9.2f} {theirs:9.2f} {ours / theirs:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

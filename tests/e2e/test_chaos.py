@@ -1,0 +1,312 @@
+"""Chaos: series stream in from several DCMTK senders while services are SIGKILLed and restarted.
+
+`talaria up` runs against a broker of its own that this test starts (TALARIA_KAFKA_BOOTSTRAP), so
+the broker can be killed and restarted too; every other service is killed by its pid and
+restarted by the supervisor of `talaria up`. One rule routes every series to a DICOM target
+(DCMTK storescp, writing every object it receives to a file of its own), which is taken down for a
+while. At the end:
+
+- every instance a sender was told was stored (a Success store response in `storescu -v`'s output)
+  is at the target; a series whose send failed in part is sent again (only what was not stored),
+  as a modality would;
+- duplicate deliveries (at-least-once) are counted and reported, not forbidden;
+- the projections agree with the log: the series and their instance counts in the archive API
+  equal the `InstanceReceived` events read from the instances topic.
+
+Scaled to run in CI on 2 cores in about 4-5 minutes (5 at a load of 15): 100 series of 3-5 small
+(64x64) CT instances from 4 concurrent senders, a kill every 4 s for the first 60 s (each victim
+at least once), and a target outage of 25 s instead of a minute (the retry backoff is shortened
+to match). The processor runs but no rule uses it, so it is not among the victims.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from pydicom import dcmread
+
+from infra.catalogue import DispatchSucceeded, InstanceReceived
+from infra.kafka.broker import LocalBroker
+from infra.settings import LogSettings
+from infra.supervisor import read_states
+from infra.topics import Topic
+from tests.conftest import start_broker
+from tests.e2e.stack import Stack, logged_in, talaria_up
+from tests.executors.dispatch.conftest import storescp_command
+from tests.ingest.dicom_files import write_study
+from tests.support import DCMTK, LogReader, free_port, reading, wait_for, wait_until_listening
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.chaos]
+
+SERIES = 100
+SENDERS = 4
+KILL_EVERY_S = 4.0
+CHAOS_FOR_S = 60.0
+OUTAGE_FROM_S, OUTAGE_UNTIL_S = 10.0, 35.0
+SERVICES = ("receiver", "streams", "dispatcher", "ui")
+BROKER = "broker"
+
+
+@dataclass
+class Sent:
+    """What the senders were told was stored, and how hard it was."""
+
+    stored: dict[str, str] = field(default_factory=dict)  # SOP instance UID -> series UID
+    attempts: int = 0
+    resends: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def stored_by_storescu(port: int, files: list[Path]) -> set[Path]:
+    """The files of one `storescu` run that got a Success store response."""
+    result = subprocess.run(
+        [f"{DCMTK}/storescu", "-v", "-to", "30", "-aec", "TALARIA", "127.0.0.1", str(port)]
+        + [str(path) for path in files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    stored, current = set(), None
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.startswith("I: Sending file: "):
+            current = Path(line.removeprefix("I: Sending file: "))
+        elif "Received Store Response (Success)" in line and current is not None:
+            stored.add(current)
+    return stored
+
+
+def send_until_stored(
+    port: int, series: list[list[Path]], sent: Sent, uids: dict[Path, str]
+) -> None:
+    """One sender: each series, again (what is missing) until every instance was stored."""
+    for files in series:
+        missing = list(files)
+        for attempt in range(60):
+            with sent.lock:
+                sent.attempts += 1
+                sent.resends += attempt > 0
+            done = stored_by_storescu(port, missing)
+            with sent.lock:
+                for path in done:
+                    sent.stored[uids[path]] = str(path.parent)
+            missing = [path for path in missing if path not in done]
+            if not missing:
+                break
+            time.sleep(1.0)
+        assert not missing, f"{len(missing)} instances never stored"
+
+
+@dataclass
+class Chaos:
+    """Kills a service every few seconds, every one in turn in a random order per round (so each
+    is killed at least once); the broker is restarted here."""
+
+    stack: Stack
+    broker: LocalBroker
+    rng: random.Random
+    kills: Counter[str] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def victims(self) -> Iterator[str]:
+        while True:
+            yield from self.rng.sample([*SERVICES, BROKER], k=len(SERVICES) + 1)
+
+    def run(self) -> None:
+        victims = self.victims()
+        while not self.stop.wait(KILL_EVERY_S):
+            victim = next(victims)
+            if victim == BROKER:
+                self.broker.kill()
+                self.kills[victim] += 1
+                time.sleep(2)
+                self.broker.start(timeout_s=120)
+                continue
+            pids = {s.name: s.pid for s in read_states(self.stack.data_dir / "run")}
+            pid = pids.get(victim)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                self.kills[victim] += 1
+
+
+@contextmanager
+def target_with_outage(port: int, folder: Path, began: float) -> Iterator[list[float]]:
+    """storescp (a file per object received, +uf), down from OUTAGE_FROM_S to OUTAGE_UNTIL_S."""
+    command = storescp_command(port, folder, "+uf")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    down: list[float] = []
+    stop = threading.Event()
+
+    def outage() -> None:
+        nonlocal process
+        if stop.wait(max(0.0, began + OUTAGE_FROM_S - time.monotonic())):
+            return
+        process.terminate()
+        process.wait()
+        down.append(time.monotonic())
+        if stop.wait(max(0.0, began + OUTAGE_UNTIL_S - time.monotonic())):
+            return
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        down.append(time.monotonic())
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    try:
+        wait_until_listening(port, process, timeout_s=30)
+        yield down
+    finally:
+        stop.set()
+        thread.join()
+        process.terminate()
+        process.wait()
+
+
+class Target:
+    """What the target received: SOP instance UID per file, read once per file."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._seen: dict[Path, str] = {}
+
+    def received(self) -> Counter[str]:
+        for path in self._folder.iterdir():
+            if path not in self._seen and path.is_file() and not path.name.startswith("."):
+                try:
+                    self._seen[path] = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+                except (OSError, ValueError, EOFError, AttributeError):
+                    continue  # being written
+        return Counter(self._seen.values())
+
+
+def archive_counts(client: httpx.Client) -> dict[str, int]:
+    rows = client.get("/api/archive", params={"limit": 500}).json()["rows"]
+    return {row["series_uid"]: row["instance_count"] for row in rows}
+
+
+def logged_counts(log: LogReader) -> dict[str, int]:
+    return dict(Counter(fact.series_uid for fact in log.of(InstanceReceived)))
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    broker = start_broker(tmp_path / "kafka")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.mark.timeout(900)  # 5 minutes at a load of 15 on 2 cores; the default 300 s is too tight
+def test_killing_services_and_the_broker_loses_no_stored_instance(
+    own_broker: LocalBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    series = [
+        write_study(tmp_path / "send" / f"{n:03d}", series=1, instances=rng.randint(3, 5))
+        for n in range(SERIES)
+    ]
+    uids = {
+        path: dcmread(path, stop_before_pixels=True).SOPInstanceUID for s in series for path in s
+    }
+    port, received = free_port(), tmp_path / "pacs"
+    received.mkdir()
+    config = tmp_path / "routing.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "settings": {"series_complete_trigger": 2},
+                "targets": {
+                    "pacs": {
+                        "target_type": "dicom",
+                        "ip": "127.0.0.1",
+                        "port": port,
+                        "aet_target": "PACS",
+                    }
+                },
+                "rules": {"all": {"rule": "True", "action": "route", "target": "pacs"}},
+            }
+        )
+    )
+    settings = {
+        "TALARIA_KAFKA_BOOTSTRAP": own_broker.layout.bootstrap,
+        "TALARIA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
+        "TALARIA_RETRY_FIRST_DELAY_S": "1",
+        "TALARIA_RETRY_MAX_DELAY_S": "5",
+        "TALARIA_RETRY_MAX_ATTEMPTS": "100",
+        "TALARIA_PUBLISH_TIMEOUT_S": "20",
+    }
+    with talaria_up(tmp_path / "stack", **settings) as stack:
+        applied = stack.talaria("config", "apply", str(config))
+        assert applied.returncode == 0, applied.stderr
+        began = time.monotonic()
+        sent = Sent()
+        chaos = Chaos(stack=stack, broker=own_broker, rng=rng)
+        with target_with_outage(port, received, began) as outage:
+            killer = threading.Thread(target=chaos.run)
+            killer.start()
+            senders = [
+                threading.Thread(
+                    target=send_until_stored,
+                    args=(stack.dicom_port, series[n::SENDERS], sent, uids),
+                )
+                for n in range(SENDERS)
+            ]
+            try:
+                for sender in senders:
+                    sender.start()
+                for sender in senders:
+                    sender.join()
+                sending_s = time.monotonic() - began
+                chaos.stop.wait(max(0.0, began + CHAOS_FOR_S - time.monotonic()))
+            finally:
+                chaos.stop.set()
+                killer.join()
+            if own_broker.pid() is None:
+                own_broker.start(timeout_s=120)
+            target = Target(received)
+            wait_for(
+                lambda: set(sent.stored) <= set(target.received()),
+                timeout_s=150,
+                what="every stored instance at the target",
+            )
+            delivered_s = time.monotonic() - began
+            assert len(outage) == 2, "the target outage happened"
+
+        at_target = target.received()
+        duplicates = sum(count - 1 for count in at_target.values())
+        topics = LogSettings(kafka_bootstrap=own_broker.layout.bootstrap)
+        client = logged_in(stack)
+        with reading(topics, [Topic.INSTANCES, Topic.JOBS]) as log:
+            wait_for(lambda: len(logged_counts(log)) == SERIES, timeout_s=60, what="the log")
+            wait_for(
+                lambda: archive_counts(client) == logged_counts(log),
+                timeout_s=120,
+                what="the archive to agree with the instances topic",
+            )
+            routed = Counter(success.job_id for success in log.of(DispatchSucceeded))
+        client.close()
+
+    assert set(sent.stored) == set(uids.values())
+    assert set(chaos.kills) == {*SERVICES, BROKER}, "every victim was killed"
+    with capsys.disabled():
+        print(
+            f"\nchaos (seed {seed}): {SERIES} series, {len(uids)} instances stored "
+            f"({sent.attempts} storescu runs, {sent.resends} resends); "
+            f"kills {dict(sorted(chaos.kills.items()))}; target down "
+            f"{outage[1] - outage[0]:.0f} s; at target {sum(at_target.values())} objects, "
+            f"{duplicates} duplicate deliveries; {sum(routed.values())} dispatches succeeded "
+            f"for {len(routed)} jobs; sending {sending_s:.0f} s, all delivered at "
+            f"{delivered_s:.0f} s"
+        )
