@@ -277,15 +277,24 @@ class Completions:
         await self._publish([fact])
 
     async def _track_assignment(self) -> None:
-        """Keep `_live`: assigned partitions whose backlog (at assignment) has been folded."""
+        """Keep `_live`: assigned partitions whose backlog (at assignment) has been folded, here
+        or (before a rebalance handed the partition over) by the worker that committed it."""
         instances = self._topics[Topic.INSTANCES]
         assigned = {tp.partition for tp in self._app.consumer.assignment() if tp.topic == instances}
         self.forget(set(self._targets) - assigned)
         if fresh := assigned - set(self._targets):
             self._targets.update(await self._backlogs(fresh))
-        for partition in assigned - self._live:
+        waiting = assigned - self._live
+        if not waiting:
+            return
+        # A previous owner may commit past the backlog after we read it; then no record is
+        # left for this worker to fold, and only the committed offset says it is done.
+        done = await self._committed([tp for p in waiting for tp in self._targets[p]])
+        for partition in waiting:
             backlog = self._targets[partition]
-            if all(self._folded.get(tp, 0) >= end for tp, end in backlog.items()):
+            if all(
+                max(self._folded.get(tp, 0), done.get(tp, -1)) >= end for tp, end in backlog.items()
+            ):
                 self._live.add(partition)
                 log.info("partition live", partition=partition)
 
@@ -297,15 +306,21 @@ class Completions:
             for topic in (Topic.INSTANCES, Topic.SERIES)
         ]
         ends = await self._app.consumer.highwaters(*tps)
+        done = await self._committed(tps)
+        backlogs: dict[int, dict[TP, int]] = {partition: {} for partition in partitions}
+        for tp, end in ends.items():
+            if done.get(tp, -1) < end:
+                backlogs[tp.partition][tp] = end
+        return backlogs
+
+    async def _committed(self, tps: list[TP]) -> dict[TP, int]:
+        """The group's committed offsets (the next to fold) of `tps`."""
+        if not tps:
+            return {}
         committed = await asyncio.to_thread(
             self._offsets.committed, [TopicPartition(tp.topic, tp.partition) for tp in tps], 30
         )
-        done = {(c.topic, c.partition): c.offset for c in committed}
-        backlogs: dict[int, dict[TP, int]] = {partition: {} for partition in partitions}
-        for tp, end in ends.items():
-            if done.get((tp.topic, tp.partition), -1) < end:
-                backlogs[tp.partition][tp] = end
-        return backlogs
+        return {TP(c.topic, c.partition): c.offset for c in committed}
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop what this worker knew about partitions it no longer owns."""
