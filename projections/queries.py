@@ -127,13 +127,20 @@ def search_archive(store: ClickHouse, query: ArchiveQuery, page: Page | None = N
     page = page or Page()
     clauses, params = _where(query)
     direction = "DESC" if query.descending else "ASC"
-    sql = (
-        f"SELECT {_SERIES_COLUMNS} FROM {{db}}.series FINAL "  # noqa: S608 - fixed fragments
-        f"WHERE {' AND '.join(clauses) or '1'} "
-        f"ORDER BY {_SORTS[query.sort]} {direction}, series_uid {direction} "
-        "LIMIT {limit:UInt32} OFFSET {offset:UInt32}"
-    )
+    order = f"{_SORTS[query.sort]} {direction}, series_uid {direction}"
+    sql = _page_sql("series", "series_uid", _SERIES_COLUMNS, " AND ".join(clauses) or "1", order)
     return _paged(store, sql, params, page)
+
+
+def _page_sql(table: str, key: str, columns: str, where: str, order: str) -> str:
+    """One page of a fold table's rows, read in two steps: the page's keys are chosen on the
+    few columns that `where` and `order` name, then only those rows are read whole. Both steps
+    read the table FINAL; the first is what scales with the table, and reads little of it."""
+    return (
+        f"SELECT {columns} FROM {{db}}.{table} FINAL WHERE ({key}) IN ("  # noqa: S608 - fixed
+        f"SELECT {key} FROM {{db}}.{table} FINAL WHERE {where} ORDER BY {order} "
+        f"LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}) ORDER BY {order}"
+    )
 
 
 def _paged(store: ClickHouse, sql: str, params: dict[str, Any], page: Page) -> Paged:
@@ -147,10 +154,12 @@ def _paged(store: ClickHouse, sql: str, params: dict[str, Any], page: Page) -> P
 def _jobs(
     store: ClickHouse, *, kinds: tuple[str, ...], states: tuple[str, ...], page: Page
 ) -> Paged:
-    sql = (
-        f"SELECT {_JOB_COLUMNS} FROM {{db}}.jobs FINAL "  # noqa: S608 - fixed fragments
-        "WHERE kind IN {kinds:Array(String)} AND state IN {states:Array(String)} "
-        "ORDER BY queued_at, job_id, target LIMIT {limit:UInt32} OFFSET {offset:UInt32}"
+    sql = _page_sql(
+        "jobs",
+        "job_id, target",
+        _JOB_COLUMNS,
+        "kind IN {kinds:Array(String)} AND state IN {states:Array(String)}",
+        "queued_at, job_id, target",
     )
     return _paged(store, sql, {"kinds": list(kinds), "states": list(states)}, page)
 
