@@ -15,6 +15,7 @@ from projections.store import ClickHouse
 
 Row = dict[str, Any]
 MAX_PAGE = 500
+_FEW_SERIES = 1000  # up to this many matches, a search reads only the matching keys FINAL
 
 _EVENT_COLUMNS = (
     "occurred_at, event_id, type, source, subject, study_uid, series_uids, job_id, target, "
@@ -127,20 +128,27 @@ def search_archive(store: ClickHouse, query: ArchiveQuery, page: Page | None = N
     page = page or Page()
     clauses, params = _where(query)
     direction = "DESC" if query.descending else "ASC"
-    order = f"{_SORTS[query.sort]} {direction}, series_uid {direction}"
-    sql = _page_sql("series", "series_uid", _SERIES_COLUMNS, " AND ".join(clauses) or "1", order)
-    return _paged(store, sql, params, page)
-
-
-def _page_sql(table: str, key: str, columns: str, where: str, order: str) -> str:
-    """One page of a fold table's rows, read in two steps: the page's keys are chosen on the
-    few columns that `where` and `order` name, then only those rows are read whole. Both steps
-    read the table FINAL; the first is what scales with the table, and reads little of it."""
-    return (
-        f"SELECT {columns} FROM {{db}}.{table} FINAL WHERE ({key}) IN ("  # noqa: S608 - fixed
-        f"SELECT {key} FROM {{db}}.{table} FINAL WHERE {where} ORDER BY {order} "
-        f"LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}) ORDER BY {order}"
+    where = " AND ".join(clauses) or "1"
+    if clauses:
+        # A selective filter names few series: find them first without FINAL (on the filter's
+        # columns, in any stored version), then read FINAL only the rows of those keys, where
+        # the filter is applied again to each one's last version. A broad filter stops the
+        # search early and is read FINAL as a whole.
+        found = store.select(
+            f"SELECT DISTINCT series_uid FROM {{db}}.series WHERE {where} "  # noqa: S608
+            f"LIMIT {_FEW_SERIES + 1}",
+            params,
+        ).rows
+        if len(found) <= _FEW_SERIES:
+            where = f"series_uid IN {{candidates:Array(String)}} AND {where}"
+            params["candidates"] = [uid for (uid,) in found]
+    sql = (
+        f"SELECT {_SERIES_COLUMNS} FROM {{db}}.series FINAL "  # noqa: S608 - fixed fragments
+        f"WHERE {where} "
+        f"ORDER BY {_SORTS[query.sort]} {direction}, series_uid {direction} "
+        "LIMIT {limit:UInt32} OFFSET {offset:UInt32}"
     )
+    return _paged(store, sql, params, page)
 
 
 def _paged(store: ClickHouse, sql: str, params: dict[str, Any], page: Page) -> Paged:
@@ -154,12 +162,10 @@ def _paged(store: ClickHouse, sql: str, params: dict[str, Any], page: Page) -> P
 def _jobs(
     store: ClickHouse, *, kinds: tuple[str, ...], states: tuple[str, ...], page: Page
 ) -> Paged:
-    sql = _page_sql(
-        "jobs",
-        "job_id, target",
-        _JOB_COLUMNS,
-        "kind IN {kinds:Array(String)} AND state IN {states:Array(String)}",
-        "queued_at, job_id, target",
+    sql = (
+        f"SELECT {_JOB_COLUMNS} FROM {{db}}.jobs FINAL "  # noqa: S608 - fixed fragments
+        "WHERE kind IN {kinds:Array(String)} AND state IN {states:Array(String)} "
+        "ORDER BY queued_at, job_id, target LIMIT {limit:UInt32} OFFSET {offset:UInt32}"
     )
     return _paged(store, sql, {"kinds": list(kinds), "states": list(states)}, page)
 
