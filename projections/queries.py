@@ -15,7 +15,7 @@ from projections.store import ClickHouse
 
 Row = dict[str, Any]
 MAX_PAGE = 500
-_FEW_SERIES = 1000  # up to this many matches, a search reads only the matching keys FINAL
+_FEW_SERIES = 100  # up to this many matches, a search reads only the matching keys FINAL
 
 _EVENT_COLUMNS = (
     "occurred_at, event_id, type, source, subject, study_uid, series_uids, job_id, target, "
