@@ -129,11 +129,12 @@ def search_archive(store: ClickHouse, query: ArchiveQuery, page: Page | None = N
     clauses, params = _where(query)
     direction = "DESC" if query.descending else "ASC"
     where = " AND ".join(clauses) or "1"
-    if clauses:
-        # A selective filter names few series: find them first without FINAL (on the filter's
-        # columns, in any stored version), then read FINAL only the rows of those keys, where
-        # the filter is applied again to each one's last version. A broad filter stops the
-        # search early and is read FINAL as a whole.
+    if query.accession_number or query.study_uid:
+        # These name few series: find them first without FINAL (on the filter's columns, in
+        # any stored version), then read FINAL only the rows of those keys, where the filter is
+        # applied again to each one's last version. Should they name many, the first step stops
+        # early and the search reads the table FINAL as other filters do (scattered over the
+        # table, many keys cost as much as all of it).
         found = store.select(
             f"SELECT DISTINCT series_uid FROM {{db}}.series WHERE {where} "  # noqa: S608
             f"LIMIT {_FEW_SERIES + 1}",
