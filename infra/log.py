@@ -44,6 +44,10 @@ _PERMANENT_DELIVERY_ERRORS = frozenset(
 )
 
 
+# How long a batch's handler may run before the loop pauses the partitions to keep polling
+# (heartbeats run on the client's own thread; polling serves rebalances and the poll interval).
+_PAUSE_AFTER_S = 2.0
+
 _ELECTION_ERRORS = frozenset(
     {
         KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -306,6 +310,7 @@ class ConsumerLoop:
         self._retry_delay_s = retry_delay_s
         self._max_retry_delay_s = max_retry_delay_s
         self._deadletter_topic = topic_name(Topic.DEADLETTER, prefix=settings.topic_prefix)
+        self._pause_after_s = min(_PAUSE_AFTER_S, settings.consumer_max_poll_interval_ms / 4000)
         self.stop_requested = threading.Event()
         self._consumer = Consumer(
             {
@@ -354,6 +359,9 @@ class ConsumerLoop:
             target=self._apply, args=(records, outcome), name="consumer-handler"
         )
         worker.start()
+        # Most batches finish well within the grace; only longer ones pause the partitions,
+        # since a pause discards the records the client has already fetched ahead.
+        worker.join(self._pause_after_s)
         while worker.is_alive():
             self._keep_alive()
             worker.join(0.05)

@@ -22,7 +22,7 @@ Payload fields that other services may still add are read with defaults (`field_
 """
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -84,8 +84,19 @@ def _applies(positions: dict[str, int], at: At) -> bool:
     return at.offset > positions.get(at.partition_key, -1)
 
 
-def _advanced(positions: dict[str, int], at: At) -> dict[str, int]:
-    return {**positions, at.partition_key: at.offset}
+Folded = TypeVar("Folded", "SeriesRow", "JobRow", "PendingStudyRow")
+
+
+def _applied(row: Folded, at: At, updated_at: datetime | None, **derived: str) -> Folded:
+    """`row` once the event at `at` is applied: its derived state (`derived`), position,
+    version and update time; the bookkeeping every fold ends with."""
+    return _with(
+        row,
+        positions={**row.positions, at.partition_key: at.offset},
+        version=row.version + 1,
+        updated_at=updated_at,
+        **derived,
+    )
 
 
 def _earliest(current: datetime | None, moment: datetime) -> datetime:
@@ -100,6 +111,21 @@ def _latest(current: datetime | None, moment: datetime | None) -> datetime | Non
 
 def _union(current: Iterable[str], more: Iterable[str]) -> list[str]:
     return sorted({*current, *more})
+
+
+def _folded(
+    row: Folded,
+    event: Envelope,
+    at: At,
+    fact: Callable[[Folded, Envelope], Folded],
+    **derived: Callable[[Folded], str],
+) -> Folded:
+    """`row` after `event` by `fact`, with its `derived` state columns recomputed."""
+    if not _applies(row.positions, at):
+        return row
+    row = fact(row, event)
+    updated_at = _latest(row.updated_at, event.occurred_at)
+    return _applied(row, at, updated_at, **{name: of(row) for name, of in derived.items()})
 
 
 def _is_newer(event: Envelope, *, than_at: datetime | None, than_id: str) -> bool:
@@ -278,13 +304,7 @@ def fold_series(
     if job is not None:
         row = _with(row, jobs={**row.jobs, job.key: job.state})
         updated_at = _latest(updated_at, job.updated_at)
-    return _with(
-        row,
-        status=series_status(row),
-        positions=_advanced(row.positions, at),
-        version=row.version + 1,
-        updated_at=updated_at,
-    )
+    return _applied(row, at, updated_at, status=series_status(row))
 
 
 # --- jobs ----------------------------------------------------------------------------------------
@@ -453,16 +473,7 @@ def _job_fact(row: JobRow, event: Envelope) -> JobRow:
 
 def fold_job(row: JobRow, event: Envelope, at: At) -> JobRow:
     """`row` after `event` (a command, a job outcome, or an operator's retry or cancel)."""
-    if not _applies(row.positions, at):
-        return row
-    row = _job_fact(row, event)
-    return _with(
-        row,
-        state=job_state(row),
-        positions=_advanced(row.positions, at),
-        version=row.version + 1,
-        updated_at=_latest(row.updated_at, event.occurred_at),
-    )
+    return _folded(row, event, at, _job_fact, state=job_state)
 
 
 # --- pending studies -----------------------------------------------------------------------------
@@ -540,16 +551,7 @@ def _pending_fact(row: PendingStudyRow, event: Envelope) -> PendingStudyRow:
 
 def fold_pending(row: PendingStudyRow, event: Envelope, at: At) -> PendingStudyRow:
     """`row` after `event` (a deferral, the study's completion, or an operator forcing it)."""
-    if not _applies(row.positions, at):
-        return row
-    row = _pending_fact(row, event)
-    return _with(
-        row,
-        status=pending_status(row),
-        positions=_advanced(row.positions, at),
-        version=row.version + 1,
-        updated_at=_latest(row.updated_at, event.occurred_at),
-    )
+    return _folded(row, event, at, _pending_fact, status=pending_status)
 
 
 def _json(value: object) -> str:

@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 from infra.catalogue import ConfigChanged, OperatorAction
 from infra.events import Envelope
-from projections.fold import field_of
 
 EVENT_COLUMNS = (
     "entity",
@@ -56,17 +55,17 @@ class References(NamedTuple):
 
 
 def references(envelope: Envelope) -> References:
-    payload = envelope.payload
-    series = field_of(payload, "series_uids")
-    one_series = field_of(payload, "series_uid")
+    fields = vars(envelope.payload)  # fields this payload type may not have, read with defaults
+    series = fields.get("series_uids")
+    one_series = fields.get("series_uid")
     series_uids = list(series) if isinstance(series, list) else []
     if isinstance(one_series, str) and one_series and one_series not in series_uids:
         series_uids.insert(0, one_series)
     return References(
-        study_uid=_text(field_of(payload, "study_uid", "")),
+        study_uid=_text(fields.get("study_uid")),
         series_uids=series_uids,
-        job_id=_text(field_of(payload, "job_id", "")),
-        target=_text(field_of(payload, "target", "")),
+        job_id=_text(fields.get("job_id")),
+        target=_text(fields.get("target")),
     )
 
 

@@ -15,6 +15,7 @@ from projections.store import ClickHouse
 
 Row = dict[str, Any]
 MAX_PAGE = 500
+_FEW_SERIES = 100  # up to this many matches, a search reads only the matching keys FINAL
 
 _EVENT_COLUMNS = (
     "occurred_at, event_id, type, source, subject, study_uid, series_uids, job_id, target, "
@@ -127,9 +128,24 @@ def search_archive(store: ClickHouse, query: ArchiveQuery, page: Page | None = N
     page = page or Page()
     clauses, params = _where(query)
     direction = "DESC" if query.descending else "ASC"
+    where = " AND ".join(clauses) or "1"
+    if query.accession_number or query.study_uid:
+        # These name few series: find them first without FINAL (on the filter's columns, in
+        # any stored version), then read FINAL only the rows of those keys, where the filter is
+        # applied again to each one's last version. Should they name many, the first step stops
+        # early and the search reads the table FINAL as other filters do (scattered over the
+        # table, many keys cost as much as all of it).
+        found = store.select(
+            f"SELECT DISTINCT series_uid FROM {{db}}.series WHERE {where} "  # noqa: S608
+            f"LIMIT {_FEW_SERIES + 1}",
+            params,
+        ).rows
+        if len(found) <= _FEW_SERIES:
+            where = f"series_uid IN {{candidates:Array(String)}} AND {where}"
+            params["candidates"] = [uid for (uid,) in found]
     sql = (
         f"SELECT {_SERIES_COLUMNS} FROM {{db}}.series FINAL "  # noqa: S608 - fixed fragments
-        f"WHERE {' AND '.join(clauses) or '1'} "
+        f"WHERE {where} "
         f"ORDER BY {_SORTS[query.sort]} {direction}, series_uid {direction} "
         "LIMIT {limit:UInt32} OFFSET {offset:UInt32}"
     )

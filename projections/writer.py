@@ -56,7 +56,12 @@ class Record:
     def refs(self) -> References:
         return references(self.envelope)
 
-    @property
+    @cached_property
+    def job(self) -> tuple[str, str] | None:
+        """The (job id, target) row the event is about, if any (`job_key`)."""
+        return job_key(self.envelope.payload)
+
+    @cached_property
     def at(self) -> At:
         return At(partition_key=f"{self.topic}/{self.partition}", offset=self.offset)
 
@@ -71,6 +76,10 @@ class RowTable(Generic[Row]):
         self.columns = tuple(f.name for f in dataclasses.fields(row_class))
         self._values = attrgetter(*self.columns)
         # Names are code constants; the keys are a bound parameter.
+        self._stored = (
+            f"SELECT DISTINCT {group_by} FROM {{db}}.{table} "  # noqa: S608
+            f"WHERE {group_by} IN {{keys:Array(String)}}"
+        )
         self._select = (
             f"SELECT {', '.join(self.columns)} FROM {{db}}.{table} FINAL "  # noqa: S608
             f"WHERE {group_by} IN {{keys:Array(String)}}"
@@ -81,14 +90,18 @@ class RowTable(Generic[Row]):
         return values
 
     def load(self, store: ClickHouse, keys: Iterable[str]) -> list[Row]:
-        """The current rows whose `group_by` column is one of `keys`."""
+        """The current rows whose `group_by` column is one of `keys`.
+
+        Most keys of a batch are new: a first look at the key column alone finds the stored
+        ones, and only those are read whole (FINAL, which costs far more per key)."""
         wanted = sorted(set(keys))
         rows: list[Row] = []
         for start in range(0, len(wanted), _LOAD_CHUNK):
-            result = store.select_for_write(
-                self._select, {"keys": wanted[start : start + _LOAD_CHUNK]}
-            )
-            rows += [self._row(values) for values in result.rows]
+            chunk = wanted[start : start + _LOAD_CHUNK]
+            stored = [key for (key,) in store.select_for_write(self._stored, {"keys": chunk}).rows]
+            if stored:
+                result = store.select_for_write(self._select, {"keys": stored})
+                rows += [self._row(values) for values in result.rows]
         return rows
 
     def _row(self, values: Sequence[Any]) -> Row:
@@ -193,7 +206,7 @@ class BatchWriter:
     # --- loading ----------------------------------------------------------------------------
 
     def _load(self, records: Sequence[Record]) -> _Working:
-        job_ids = {key[0] for r in records if (key := job_key(r.envelope.payload))}
+        job_ids = {r.job[0] for r in records if r.job}
         jobs = self._groups(self._jobs, JOBS, job_ids)
         series_uids = {uid for r in records for uid in r.refs.series_uids}
         series_uids |= {
@@ -231,14 +244,14 @@ class BatchWriter:
         for job in self._fold_jobs(work, record):
             for uid in job.series_uids:
                 self._fold_series(work, uid, envelope, at, job)
-        if job_key(envelope.payload) is None:
+        if record.job is None:
             for uid in record.refs.series_uids:
                 self._fold_series(work, uid, envelope, at, None)
         self._fold_pending(work, record)
 
     def _fold_jobs(self, work: _Working, record: Record) -> list[JobRow]:
         envelope = record.envelope
-        key = job_key(envelope.payload)
+        key = record.job
         if key is None:
             return []
         job_id, target = key

@@ -189,3 +189,34 @@ def test_a_timestamp_without_zone_is_refused() -> None:
     body["occurred_at"] = "2026-01-01T00:00:00"
     with pytest.raises(UndecodableEvent, match="time zone"):
         decode(json.dumps(body).encode(), headers, old_catalogue())
+
+
+def test_current_events_decode_the_same_with_or_without_their_version_header() -> None:
+    moment = datetime.fromisoformat("2026-03-01T10:00:00.25+02:00")
+    envelope = Envelope(
+        payload=received(Modality="CT"), source="ingest", subject="1.2.3", occurred_at=moment
+    )
+    _key, value, headers = encode(envelope)
+    short = decode(value, headers, CATALOGUE)  # type and version in the headers
+    long = decode(value, [h for h in headers if h[0] != "version"], CATALOGUE)
+    assert short == long == envelope
+    assert short.occurred_at.tzinfo == long.occurred_at.tzinfo == moment.tzinfo
+    assert short.occurred_at.isoformat() == "2026-03-01T10:00:00.250000+02:00"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("source", "", "'source' missing"),
+        ("occurred_at", 1767225600, "'occurred_at' missing"),
+        ("actor", 7, "'actor' is not text"),
+    ],
+)
+def test_current_events_with_bad_envelope_fields_are_refused(
+    field: str, value: object, reason: str
+) -> None:
+    _key, raw, headers = encode(Envelope(payload=received(), source="ingest", subject="1.2.3"))
+    body = json.loads(raw)
+    body[field] = value
+    with pytest.raises(UndecodableEvent, match=reason):
+        decode(json.dumps(body).encode(), headers, CATALOGUE)

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from infra.catalogue import DispatchFailed, DispatchSeries, DispatchStarted
+from infra.catalogue import DispatchFailed, DispatchSeries, DispatchStarted, DispatchSucceeded
 from projections import queries
 from projections.errors import QueryFailed, QueryRefused
 from projections.queries import ArchiveQuery, Page
@@ -162,6 +162,28 @@ def test_a_job_without_progress_for_the_stuck_period_is_reported_once(
         ["7.1.00"],
     )
     assert REGISTRY.get_sample_value("talaria_stuck_jobs") == 1
+
+
+def test_pages_show_rows_as_last_folded_while_older_versions_are_still_stored(
+    store: ClickHouse,
+) -> None:
+    store.command("SYSTEM STOP MERGES {db}.series")
+    store.command("SYSTEM STOP MERGES {db}.jobs")
+    writer = BatchWriter(store)
+    events = story() + more_series() + stuck_dispatch()
+    writer.apply(
+        [Record(envelope=e, topic="log", partition=0, offset=n) for n, e in enumerate(events)]
+    )
+    assert uids(queries.search_archive(store, ArchiveQuery(status="routing"))) == ["7.1.00"]
+    succeeded = DispatchSucceeded(job_id="job-retry", target="archive", attempt=2, confirmed=1)
+    writer.apply(
+        [Record(envelope=event(succeeded, 900), topic="log", partition=0, offset=len(events))]
+    )
+    versions = store.select("SELECT count() FROM {db}.series WHERE series_uid = '7.1.00'").rows
+    assert versions == [(2,)]  # the routing version is still stored, and must not show
+    assert queries.search_archive(store, ArchiveQuery(status="routing")).rows == []
+    assert "7.1.00" in uids(queries.search_archive(store, ArchiveQuery(status="done")))
+    assert queries.routing_queue(store).rows == []
 
 
 def test_queue_views_show_active_failed_and_pending_work(filled: ClickHouse) -> None:
