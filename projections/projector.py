@@ -32,7 +32,10 @@ from projections.writer import BatchWriter, Record
 
 log = structlog.get_logger(__name__)
 
-PROJECTED_TOPICS: tuple[Topic, ...] = tuple(t for t in Topic if t is not Topic.DEADLETTER)
+# Heartbeats matter only while fresh (the UI reads them from their topic), not in history.
+PROJECTED_TOPICS: tuple[Topic, ...] = tuple(
+    t for t in Topic if t not in (Topic.DEADLETTER, Topic.HEARTBEATS)
+)
 
 EVENTS_PROJECTED = Counter("talaria_projector_events", "Events folded into the projections.")
 LAG = Gauge("talaria_projector_lag_events", "Events on the log the projector has not stored yet.")
