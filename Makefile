@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test lint system install
+.PHONY: up test chaos lint system install
 
 up: system install
 	$(BIN)/talaria up
 
 test: system install lint
-	bash infra/isolated.sh $(BIN)/pytest -p no:cacheprovider -q -rs
+	bash infra/isolated.sh $(BIN)/pytest -p no:cacheprovider -q -rs -m 'not chaos'
+
+# Kills services and the broker under load; run on its own (see tests/e2e/test_chaos.py).
+chaos: system install
+	bash infra/isolated.sh $(BIN)/pytest -p no:cacheprovider -q -rs -s -m chaos
 
 lint: install
 	$(BIN)/ruff check .

@@ -17,6 +17,11 @@ Scaled to run in CI on 2 cores in about 4-5 minutes (5 at a load of 15): 100 ser
 (64x64) CT instances from 4 concurrent senders, a kill every 4 s for the first 60 s (each victim
 at least once), and a target outage of 25 s instead of a minute (the retry backoff is shortened
 to match). The processor runs but no rule uses it, so it is not among the victims.
+
+Known failure (why `make test` leaves it out; `make chaos` runs it): after the broker itself is
+killed and restarted, the streams worker can commit its source offsets past instances whose
+study record never reached its table changelog, so their series is never completed (1 series of
+100 in a failing run: its `InstanceReceived` events and blobs are there, no `SeriesCompleted`).
 """
 
 import os
