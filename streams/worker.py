@@ -37,7 +37,8 @@ from typing import Any
 import faust
 import structlog
 from confluent_kafka import Consumer, TopicPartition
-from faust.types import TP
+from faust.transport.drivers.aiokafka import Producer as FaustProducer
+from faust.types import TP, ProducerT
 from pydantic import Field
 
 from infra.admin import ensure_compacted
@@ -413,12 +414,29 @@ class Completions:
         await asyncio.wrap_future(future)
 
 
+class _DrainingProducer(FaustProducer):
+    """Faust's producer, flushed for real. Faust's buffer flush returns as soon as no record
+    went out for 0.1 s, with table changes still buffered, and the consumer then commits its
+    source offsets: a worker that dies next (as when the broker restarts) loses those changes
+    for good. Drain the buffer before the commit goes ahead."""
+
+    async def flush(self) -> None:
+        while self.buffer.size:
+            await self.buffer.flush()  # raises once the producer stops with records left
+        await super().flush()
+
+
+class _App(faust.App):
+    def _new_producer(self) -> ProducerT:
+        return _DrainingProducer(self.transport, loop=self.loop, beacon=self.beacon)
+
+
 def build_app(
     settings: StreamsSettings, *, view: ConfigView, producer: EventProducer, source: str
 ) -> faust.App:
     """The Faust app of one worker: the fold agent, the completion timer, rebalance hooks."""
     session_s = settings.consumer_session_timeout_ms / 1000
-    app = faust.App(
+    app = _App(
         f"{settings.topic_prefix}streams",
         broker=";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")),
         store="memory://",
