@@ -7,11 +7,8 @@ page go to `tests/ui/artifacts/` (look at them: a page that works but looks brok
 """
 
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,29 +19,22 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from infra.kafka.broker import LocalBroker
 from streams.config import ConfigDocument, Configuration, changes
 from tests.conftest import settings_for
+from tests.e2e.stack import ADMIN_PASSWORD, Stack, talaria_up
 from tests.executors.dispatch.conftest import storescp_command
 from tests.executors.query.conftest import write_studies
 from tests.ingest.dicom_files import write_study
-from tests.support import DCMTK, free_port, publish, serving, wait_for, wait_until_listening
+from tests.support import DCMTK, free_port, publish, serving, wait_for
 from tests.ui.conftest import NEW_ADMIN_PASSWORD, Ui, query_worker
 from ui.services import FIRST_ADMIN
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
-ADMIN_PASSWORD = "first-run-password"
 NEW_PASSWORD = "browser-chosen-password"
 XSS_NAME = "<script>window.xss=1</script>^<img src=x onerror=window.xss=2>"
 PAGE_TIMEOUT_S = 60
 expect.set_options(timeout=20_000)  # the machine running the tests may be busy
-
-
-@dataclass(frozen=True)
-class Stack:
-    url: str
-    dicom_port: int
 
 
 @pytest.fixture
@@ -53,43 +43,16 @@ def stack(kafka_broker: LocalBroker, tmp_path: Path) -> Iterator[Stack]:
     settings = settings_for(kafka_broker)
     quick = ConfigDocument.model_validate({"settings": {"series_complete_trigger": 1}})
     publish(settings, changes(quick, Configuration(), actor="test", source="test"))
-    dicom_port, ui_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "TALARIA_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "TALARIA_TOPIC_PREFIX": settings.topic_prefix,
-        "TALARIA_CONSUMER_SESSION_TIMEOUT_MS": str(settings.consumer_session_timeout_ms),
-        "TALARIA_CONSUMER_HEARTBEAT_MS": str(settings.consumer_heartbeat_ms),
-        "TALARIA_CONSUMER_MAX_POLL_INTERVAL_MS": str(settings.consumer_max_poll_interval_ms),
-        "TALARIA_DATA_DIR": str(tmp_path / "data"),
-        "TALARIA_DICOM_PORT": str(dicom_port),
-        "TALARIA_UI_PORT": str(ui_port),
-        "TALARIA_METRICS_PORT": str(free_port()),
-        "TALARIA_BLOB_MIN_FREE_BYTES": "0",
-        "TALARIA_INITIAL_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "TALARIA_RETRY_MAX_ATTEMPTS": "1",
-    }
-    logfile = tmp_path / "up.log"
-    with logfile.open("wb") as log:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "ui", "up"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_listening(dicom_port, up, timeout_s=120)
-            wait_until_listening(ui_port, up, timeout_s=120)
-            yield Stack(url=f"http://127.0.0.1:{ui_port}", dicom_port=dicom_port)
-        finally:
-            up.send_signal(signal.SIGINT)
-            try:
-                code = up.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                code = up.wait()
-    assert code == 0, logfile.read_text()[-3000:]
+    with talaria_up(
+        tmp_path,
+        TALARIA_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        TALARIA_TOPIC_PREFIX=settings.topic_prefix,
+        TALARIA_CONSUMER_SESSION_TIMEOUT_MS=str(settings.consumer_session_timeout_ms),
+        TALARIA_CONSUMER_HEARTBEAT_MS=str(settings.consumer_heartbeat_ms),
+        TALARIA_CONSUMER_MAX_POLL_INTERVAL_MS=str(settings.consumer_max_poll_interval_ms),
+        TALARIA_RETRY_MAX_ATTEMPTS="1",
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +109,7 @@ def series_row(series_uid: str) -> Callable[[Page], Locator]:
 
 
 def test_an_operators_day(stack: Stack, browser: Browser, tmp_path: Path) -> None:
-    url = stack.url
+    url = stack.ui_url
     pacs_port, pacs = free_port(), tmp_path / "pacs"
     pacs.mkdir()
     page = browser.new_page(viewport={"width": 1360, "height": 900})

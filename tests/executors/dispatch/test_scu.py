@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
 
+from bench.dicom_data import CT_IMAGE_STORAGE
 from executors.dispatch import TargetRefused, TargetUnavailable
 from executors.dispatch.scu import Peer, read_pdu
 from executors.dispatch.staging import describe
@@ -39,7 +40,7 @@ from ingest.pdu import (
     p_data_pieces,
 )
 from tests.executors.dispatch.conftest import dataset_bytes
-from tests.ingest.dicom_files import CT_IMAGE_STORAGE, compress, write_study
+from tests.ingest.dicom_files import compress, write_study
 from tests.support import DCMTK, free_port, serving
 
 STORESCP = f"{DCMTK}/storescp"
