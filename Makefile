@@ -9,7 +9,7 @@ up: system install
 	$(BIN)/talaria up
 
 test: system install lint
-	bash infra/isolated.sh $(BIN)/pytest -p no:cacheprovider -q -rs -m 'not chaos'
+	bash infra/isolated.sh $(BIN)/pytest -p no:cacheprovider -q -rs --durations=15 -m 'not chaos'
 
 # Kills services and the broker under load; run on its own (see tests/e2e/test_chaos.py).
 chaos: system install

@@ -262,12 +262,15 @@ def test_a_query_job_submitted_from_a_file_on_the_query_page(
     expect(page.locator(".job-state")).to_have_text("running")
 
     with query_worker(ui, tmp_path / "worker"):
+        # The progress shows before the job's completion is on the log: wait for both.
         wait_for(
-            lambda: "1 retrieved, 1 not found, 0 failed of 2" in reloaded(page),
+            lambda: (
+                "1 retrieved, 1 not found, 0 failed of 2" in reloaded(page)
+                and page.locator(".job-state").inner_text().strip() == "completed"
+            ),
             timeout_s=90,
-            what="the job's progress on the page",
+            what="the job's progress and completion on the page",
         )
-    expect(page.locator(".job-state")).to_have_text("completed")
     page.click("details summary")
     expect(page.locator("table.accessions")).to_contain_text("not found")
     shot(page, "16-query")
