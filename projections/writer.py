@@ -10,9 +10,8 @@ flush that failed half-way is simply run again from the same rows.
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
@@ -45,25 +44,24 @@ _LOAD_CHUNK = 5000
 
 @dataclass(frozen=True, kw_only=True)
 class Record:
-    """One event of a batch with where it sits on the log (topic without the prefix)."""
+    """One event of a batch with where it sits on the log (topic without the prefix), and what
+    the fold reads of it again and again, worked out once (`references`, `job_key`)."""
 
     envelope: Envelope
     topic: str
     partition: int
     offset: int
+    refs: References = field(init=False)
+    job: tuple[str, str] | None = field(init=False)  # the (job id, target) row it is about
+    at: At = field(init=False)
 
-    @cached_property
-    def refs(self) -> References:
-        return references(self.envelope)
-
-    @cached_property
-    def job(self) -> tuple[str, str] | None:
-        """The (job id, target) row the event is about, if any (`job_key`)."""
-        return job_key(self.envelope.payload)
-
-    @cached_property
-    def at(self) -> At:
-        return At(partition_key=f"{self.topic}/{self.partition}", offset=self.offset)
+    def __post_init__(self) -> None:
+        # Plain attributes: a cached_property takes a lock on every read on Python 3.11.
+        object.__setattr__(self, "refs", references(self.envelope))
+        object.__setattr__(self, "job", job_key(self.envelope.payload))
+        object.__setattr__(
+            self, "at", At(partition_key=f"{self.topic}/{self.partition}", offset=self.offset)
+        )
 
 
 class RowTable(Generic[Row]):
