@@ -280,6 +280,10 @@ class ConsumerLoop:
     slot): they run on a worker thread while this thread keeps polling with every partition
     paused, so the member stays in its group and rebalances are served. While `paused()`
     returns True (a suspended queue, outside an off-peak window) nothing new is fetched.
+
+    A batch is handed over once it holds `max_batch` records or `batch_wait_s` passed since
+    the loop asked for it (a stop is noticed within that time too): batch-writing consumers
+    wait longer, so that records arriving one by one are written in fewer, larger batches.
     """
 
     def __init__(
@@ -297,9 +301,11 @@ class ConsumerLoop:
         retry_delay_s: float = 0.5,
         max_retry_delay_s: float = 30.0,
         paused: Callable[[], bool] = lambda: False,
+        batch_wait_s: float = 0.2,
     ) -> None:
         self._settings = settings
         self._paused = paused
+        self._batch_wait_s = batch_wait_s
         self._group_id = group_id
         self._topics = [topic_name(topic, prefix=settings.topic_prefix) for topic in topics]
         self._handle_record = _record_handler(handle, handle_record)
@@ -337,7 +343,9 @@ class ConsumerLoop:
                     self._keep_alive()
                     continue
                 self._consumer.resume(self._consumer.assignment())
-                messages = self._consumer.consume(num_messages=self._max_batch, timeout=0.2)
+                messages = self._consumer.consume(
+                    num_messages=self._max_batch, timeout=self._batch_wait_s
+                )
                 records = [message for message in messages if self._is_record(message)]
                 if records:
                     self._process(records)

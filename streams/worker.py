@@ -353,7 +353,10 @@ class Completions:
         return record
 
     def _store(self, record: StudyRecord) -> None:
-        self.studies[record.study_uid] = record.model_dump(mode="json")
+        value = record.model_dump(mode="json")
+        self.studies[record.study_uid] = value
+        # The table keeps this very object: the next fold of the study needs no parsing.
+        self._parsed[record.study_uid] = (value, record)
 
     def _update(self, study_uid: str, change: Any) -> StudyRecord | None:
         record = self._record(study_uid)
@@ -452,6 +455,11 @@ def build_app(
         broker_heartbeat_interval=settings.consumer_heartbeat_ms / 1000,
         broker_max_poll_interval=settings.consumer_max_poll_interval_ms / 1000,
         broker_commit_interval=1.0,
+        # Table changes (two per instance) go out in batches: each is off the critical path
+        # (the producer is drained before every commit), and a request per record costs this
+        # worker and the broker more CPU than the rest of the fold while a series streams in.
+        producer_linger=0.05,
+        producer_max_batch_size=256 * 1024,
         # A worker that rejoined while a restarted broker's metadata still lacked the topics
         # gets no partitions until a metadata refresh shows them (then it rejoins): often.
         consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
@@ -513,6 +521,10 @@ def run(settings: StreamsSettings, *, name: str) -> None:
         replication_factor=settings.streams_replication_factor,
     )
     worker = faust.Worker(app, loglevel=settings.streams_log_level, quiet=True)
+    # Faust's terminal spinner sets the root logger to DEBUG (its handler counts every record)
+    # for as long as the worker runs: every debug line of Faust and aiokafka would then be
+    # formatted, several per record folded. Without it the root logger keeps `loglevel`.
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     finally:

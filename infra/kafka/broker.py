@@ -149,6 +149,7 @@ class LocalBroker:
             f"-Xmx{self._heap_mb}m",
             "-Xss1m",
             "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{_resource('log4j.properties')}",
             f"-Dkafka.logs.dir={self.layout.home}",
