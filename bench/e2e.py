@@ -113,29 +113,31 @@ def cpu_seconds(family: dict[int, str]) -> dict[str, float]:
     return used
 
 
-def budget(stack: Stack, run: Run, *, timeout_s: float = 60) -> list[tuple[str, float]]:
+def budget(
+    stack: Stack, run: Run, *, instances: int, timeout_s: float = 60
+) -> list[tuple[str, float]]:
     """Each hop's latest event time since `run` began, relative to storescu's exit (read after
     the run, so that reading costs the stack nothing while it works)."""
     settings = LogSettings(kafka_bootstrap=stack.bootstrap)
     topics = [Topic.INSTANCES, Topic.SERIES, Topic.DISPATCH_NORMAL, Topic.JOBS]
     with reading(settings, topics) as reader:
 
-        def latest(kind: type[Payload]) -> float | None:
-            times = [
+        def times(kind: type[Payload]) -> list[float]:
+            return [
                 envelope.occurred_at.timestamp()
                 for envelope, _ in reader.envelopes(kind)
                 if envelope.occurred_at.timestamp() >= run.began
             ]
-            return max(times, default=None)
 
         reader.wait(
-            lambda _: latest(DispatchSucceeded) is not None,
+            lambda _: (
+                len(times(InstanceReceived)) >= instances and all(times(kind) for _, kind in HOPS)
+            ),
             timeout_s=timeout_s,
-            what="the run's DispatchSucceeded",
+            what="every event of the run",
         )
-        hops = [(label, latest(kind)) for label, kind in HOPS]
-    timeline = [(label, at - run.sent) for label, at in hops if at is not None]
-    return sorted([*timeline, ("last file at the target", run.last - run.sent)], key=lambda h: h[1])
+        hops = [(label, max(times(kind)) - run.sent) for label, kind in HOPS]
+    return sorted([*hops, ("last file at the target", run.last - run.sent)], key=lambda h: h[1])
 
 
 def through(router_port: int, files: list[Path], folder: Path, *, stable_age_s: float) -> Run:
@@ -274,7 +276,7 @@ def main() -> None:
                     flush=True,
                 )
                 if name == "talaria" and args.budget:
-                    for label, at in budget(stack, run):
+                    for label, at in budget(stack, run, instances=len(files)):
                         print(f"    {at:+7.2f} s  {label}")
                     print(f"    CPU s from storescu start to the last file ({run.e2e_s:.2f} s):")
                     for process, seconds in sorted(used.items(), key=lambda u: -u[1]):
