@@ -10,8 +10,12 @@ to each router, which forwards it, once the series is stable, to a DCMTK `stores
 Each repetition sends a fresh study (new UIDs) to both, in alternating order. Measured from the
 target's file times: `latency` = last file at the target - storescu exit (the last instance
 received and acknowledged) - stable age; `e2e` = last file at the target - storescu start;
-`throughput` = instances / e2e (receive to target). storescp and Orthanc listen on every
-interface, so run it in a private network namespace:
+`throughput` = instances / e2e (receive to target). For Talaria it also prints where the time
+went (`--budget`): each hop's event time on the log (the last `InstanceReceived`,
+`SeriesCompleted`, `DispatchSeries`, `DispatchStarted`, `DispatchSucceeded`) and the last file
+at the target, relative to storescu's exit, and the CPU seconds each process of the stack used
+from storescu's start to the last file. storescp and Orthanc listen on every interface, so run
+it in a private network namespace:
 
     bash infra/isolated.sh .venv/bin/python -m bench.e2e [--reps 2] [--instances 500]
 """
@@ -33,8 +37,18 @@ import yaml
 
 from bench.dispatch import DCMTK_ENV, ORTHANC, STORESCU, target
 from bench.ingest import make_dataset
-from tests.e2e.stack import talaria_up
-from tests.support import free_port, serving
+from infra.catalogue import (
+    DispatchSeries,
+    DispatchStarted,
+    DispatchSucceeded,
+    InstanceReceived,
+    SeriesCompleted,
+)
+from infra.events import Payload
+from infra.settings import LogSettings
+from infra.topics import Topic
+from tests.e2e.stack import Stack, talaria_up
+from tests.support import free_port, reading, serving
 
 LUA_ON_STABLE_SERIES = """
 function OnStableSeries(seriesId, tags, metadata)
@@ -43,11 +57,87 @@ end
 """
 
 
+HOPS: tuple[tuple[str, type[Payload]], ...] = (
+    ("last InstanceReceived", InstanceReceived),
+    ("SeriesCompleted", SeriesCompleted),
+    ("DispatchSeries", DispatchSeries),
+    ("DispatchStarted", DispatchStarted),
+    ("DispatchSucceeded", DispatchSucceeded),
+)
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
 class Run:
     latency_s: float
     e2e_s: float
     throughput: float
+    began: float
+    sent: float
+    last: float
+
+
+def processes(root: int) -> dict[int, str]:
+    """`root` and its descendants by pid, each named by its command (`ui ingest run`: ingest)."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        words = [word.decode(errors="replace") for word in argv if word]
+        if "ui" in words and words.index("ui") + 1 < len(words):
+            names[int(entry.name)] = words[words.index("ui") + 1]
+        else:
+            names[int(entry.name)] = Path(words[0]).name if words else "?"
+    family = {root}
+    while grown := {pid for pid, parent in parents.items() if parent in family} - family:
+        family |= grown
+    return {pid: names[pid] for pid in family if pid in names}
+
+
+def cpu_seconds(family: dict[int, str]) -> dict[str, float]:
+    """CPU seconds (user + system) each named process has used so far."""
+    used: dict[str, float] = {}
+    for pid, name in family.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    return used
+
+
+def budget(
+    stack: Stack, run: Run, *, instances: int, timeout_s: float = 60
+) -> list[tuple[str, float]]:
+    """Each hop's latest event time since `run` began, relative to storescu's exit (read after
+    the run, so that reading costs the stack nothing while it works)."""
+    settings = LogSettings(kafka_bootstrap=stack.bootstrap)
+    topics = [Topic.INSTANCES, Topic.SERIES, Topic.DISPATCH_NORMAL, Topic.JOBS]
+    with reading(settings, topics) as reader:
+
+        def times(kind: type[Payload]) -> list[float]:
+            return [
+                envelope.occurred_at.timestamp()
+                for envelope, _ in reader.envelopes(kind)
+                if envelope.occurred_at.timestamp() >= run.began
+            ]
+
+        reader.wait(
+            lambda _: (
+                len(times(InstanceReceived)) >= instances and all(times(kind) for _, kind in HOPS)
+            ),
+            timeout_s=timeout_s,
+            what="every event of the run",
+        )
+        hops = [(label, max(times(kind)) - run.sent) for label, kind in HOPS]
+    return sorted([*hops, ("last file at the target", run.last - run.sent)], key=lambda h: h[1])
 
 
 def through(router_port: int, files: list[Path], folder: Path, *, stable_age_s: float) -> Run:
@@ -70,11 +160,14 @@ def through(router_port: int, files: list[Path], folder: Path, *, stable_age_s: 
         latency_s=last - sent - stable_age_s,
         e2e_s=last - began,
         throughput=len(files) / (last - began),
+        began=began,
+        sent=sent,
+        last=last,
     )
 
 
 @contextmanager
-def talaria(work: Path, *, stable_age_s: float) -> Iterator[Callable[[int], int]]:
+def talaria(work: Path, *, stable_age_s: float) -> Iterator[tuple[Stack, Callable[[int], int]]]:
     """The stack, up once; `route_to(port)` points its rule at a target and gives the DICOM port."""
     shutil.rmtree(work / "talaria", ignore_errors=True)
     with talaria_up(work / "talaria", TALARIA_AE_TITLE="ROUTER") as stack:
@@ -96,7 +189,7 @@ def talaria(work: Path, *, stable_age_s: float) -> Iterator[Callable[[int], int]
                 raise RuntimeError(applied.stderr)
             return stack.dicom_port
 
-        yield route_to
+        yield stack, route_to
 
 
 @contextmanager
@@ -143,6 +236,12 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=500)
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--stable-age", type=int, default=1, help="seconds (Orthanc: whole)")
+    parser.add_argument(
+        "--budget",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="print Talaria's per-hop times and per-process CPU for each repetition",
+    )
     args = parser.parse_args()
     work = Path(args.work)
     age = float(args.stable_age)
@@ -156,13 +255,17 @@ def main() -> None:
         for rep in range(args.reps)
     ]
     runs: dict[str, list[Run]] = {"talaria": [], "orthanc": []}
-    with talaria(work, stable_age_s=age) as route_to:
+    with talaria(work, stable_age_s=age) as (stack, route_to):
         for rep, files in enumerate(studies):
             order = ["talaria", "orthanc"] if rep % 2 == 0 else ["orthanc", "talaria"]
             for name in order:
                 with target(work) as (port, folder):
                     if name == "talaria":
-                        run = through(route_to(port), files, folder, stable_age_s=age)
+                        router = route_to(port)
+                        family = processes(stack.process.pid)
+                        before = cpu_seconds(family)
+                        run = through(router, files, folder, stable_age_s=age)
+                        used = cpu_seconds(family)
                     else:
                         with orthanc(work, port, stable_age_s=age) as router:
                             run = through(router, files, folder, stable_age_s=age)
@@ -172,6 +275,14 @@ def main() -> None:
                     f"  {run.throughput:6.1f} instances/s  (load {load()})",
                     flush=True,
                 )
+                if name == "talaria" and args.budget:
+                    for label, at in budget(stack, run, instances=len(files)):
+                        print(f"    {at:+7.2f} s  {label}")
+                    print(f"    CPU s from storescu start to the last file ({run.e2e_s:.2f} s):")
+                    for process, seconds in sorted(used.items(), key=lambda u: -u[1]):
+                        spent = seconds - before.get(process, 0.0)
+                        if spent >= 0.01:
+                            print(f"    {spent:7.2f}  {process}")
 
     def median(name: str, field: str) -> float:
         return statistics.median(getattr(run, field) for run in runs[name])

@@ -149,6 +149,9 @@ class LocalBroker:
             f"-Xmx{self._heap_mb}m",
             "-Xss1m",
             "-XX:+UseG1GC",
+            # C1 only: C2 compiling the broker took about a core for its first minutes (more
+            # CPU than its requests), beside services waiting for its acknowledgements.
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{_resource('log4j.properties')}",
             f"-Dkafka.logs.dir={self.layout.home}",
