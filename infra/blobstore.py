@@ -198,6 +198,11 @@ class BlobRef:
 class StagedBlob(Protocol):
     """Bytes on their way into the store (see :meth:`BlobStore.stage`)."""
 
+    @property
+    def replaces(self) -> bool:
+        """Whether a blob was stored under the key when these bytes were staged."""
+        ...
+
     def commit(self) -> None:
         """Make the bytes durable under their key, atomically; nothing staged remains if this
         raises."""
@@ -597,9 +602,8 @@ class S3BlobStore:
         """S3 does not run out of space."""
 
     def stage(self, key: BlobKey, data: bytes) -> StagedBlob:
-        """Nothing to prepare: ``commit`` uploads."""
-        self._object_name(key)  # the key is checked now, as the folder store does
-        return _StagedObject(store=self, key=key, data=data)
+        """Look whether the key holds an object (HEAD); ``commit`` uploads."""
+        return _StagedObject(store=self, key=key, data=data, replaces=self.exists(key))
 
     def put(self, key: BlobKey, data: bytes) -> BlobRef:
         """Upload in one request; S3 checks the body against the SHA-256 we computed."""
@@ -691,6 +695,7 @@ class _StagedObject:
     store: S3BlobStore
     key: BlobKey
     data: bytes
+    replaces: bool
 
     def commit(self) -> None:
         self.store.put(self.key, self.data)

@@ -233,8 +233,9 @@ class Acceptance:
         with self._refusals():
             try:
                 with _refusing_blob_errors():
-                    self._existed = self._intake.blobs.exists(self._key)
-                    self._intake.blobs.stage(self._key, self._arrival.file).commit()
+                    staged = self._intake.blobs.stage(self._key, self._arrival.file)
+                    self._existed = staged.replaces
+                    staged.commit()
             except Refused:
                 self._intake.outbox.abandon(self._pending)
                 raise
