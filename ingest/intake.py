@@ -8,7 +8,7 @@ the status the sender gets, reported as `InstanceRejected`, and leaves no new bl
 import hashlib
 from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +21,6 @@ from infra.blobstore import (
     InsufficientSpace,
     InvalidKey,
     InvalidUID,
-    StagedBlob,
     instance_key,
     validate_uid,
 )
@@ -30,7 +29,7 @@ from infra.events import Envelope
 from infra.log import EventProducer, PublishFailed, PublishRejected
 from ingest import metrics
 from ingest.errors import CannotUnderstand, OutOfResources, Refused
-from ingest.outbox import Outbox
+from ingest.outbox import Outbox, Pending
 from ingest.part10 import FileMeta, encode_file_meta, read_file_meta
 from ingest.tags import Snapshot, TagReader
 from streams.decisions import FORCE_RULE_TAGS
@@ -111,22 +110,53 @@ class Intake:
         reader: TagReader,
         source: str,
     ) -> None:
-        self._blobs = blobs
+        self.blobs = blobs
         self.producer = producer
-        self._outbox = outbox
+        self.outbox = outbox
         self._reader = reader
         self._source = source
 
     def receive(self, arrival: Arrival, origin: Origin) -> InstanceReceived:
         """Make `arrival` durable and logged; raise `Refused` (already reported) if it cannot be."""
+        acceptance = self.begin(arrival, origin)
+        acceptance.store()
+        return acceptance.finish()
+
+    def begin(self, arrival: Arrival, origin: Origin) -> "Acceptance":
+        """The first step of `receive`, which never waits: read the tags and start publishing
+        the event. The C-STORE path runs the steps itself, to wait for the broker and the disk
+        without a thread in between."""
+        with self.refusals(sop_uid=arrival.meta.sop_instance_uid, origin=origin):
+            snapshot = _snapshot(arrival, self._reader)
+            self.outbox.admit()
+            key = instance_key(
+                study_uid=snapshot.study_uid,
+                series_uid=snapshot.series_uid,
+                sop_uid=snapshot.sop_uid,
+            )
+            with _refusing_blob_errors():
+                self.blobs.check_free_space(len(arrival.file))
+            blob = BlobReference(
+                key=key.path,
+                size=len(arrival.file),
+                sha256=hashlib.sha256(arrival.file).hexdigest(),
+            )
+            received = _instance_received(snapshot, blob=blob, meta=arrival.meta, origin=origin)
+            pending = self.outbox.begin(
+                Envelope(payload=received, source=self._source, subject=received.sop_uid)
+            )
+        return Acceptance(
+            intake=self, arrival=arrival, origin=origin, key=key, received=received, pending=pending
+        )
+
+    @contextmanager
+    def refusals(self, *, sop_uid: str, origin: Origin) -> Iterator[None]:
+        """Report a `Refused` raised inside as `InstanceRejected` (and re-raise it)."""
         try:
-            received = self._accept(arrival, origin)
+            yield
         except Refused as refusal:
-            self._refused(refusal, sop_uid=arrival.meta.sop_instance_uid, origin=origin)
+            self._refused(refusal, sop_uid=sop_uid, origin=origin)
             raise
-        metrics.INSTANCES.labels(origin.intake).inc()
-        metrics.BYTES.labels(origin.intake).inc(len(arrival.file))
-        return received
 
     def receive_file(self, data: bytes, origin: Origin) -> InstanceReceived:
         """A whole Part 10 file (STOW-RS, upload, import), as `receive`."""
@@ -145,69 +175,6 @@ class Intake:
             self.producer.publish_async(envelope).add_done_callback(_log_failure)
         except (PublishFailed, PublishRejected) as error:
             log.warning("intake fact not published", type=fact.TYPE, error=str(error))
-
-    def _accept(self, arrival: Arrival, origin: Origin) -> InstanceReceived:
-        snapshot = self._snapshot(arrival)
-        self._outbox.admit()
-        key = instance_key(
-            study_uid=snapshot.study_uid, series_uid=snapshot.series_uid, sop_uid=snapshot.sop_uid
-        )
-        blob = BlobReference(
-            key=key.path, size=len(arrival.file), sha256=hashlib.sha256(arrival.file).hexdigest()
-        )
-        received = _instance_received(snapshot, blob=blob, meta=arrival.meta, origin=origin)
-        existed, staged = self._stage(key, arrival.file)
-        try:
-            pending = self._outbox.begin(
-                Envelope(payload=received, source=self._source, subject=received.sop_uid)
-            )
-        except OutOfResources:
-            staged.discard()
-            raise
-        try:
-            self._commit(key, staged)
-        except Refused:
-            self._outbox.abandon(pending)
-            raise
-        try:
-            self._outbox.commit(pending)
-        except OutOfResources:
-            if not existed:  # an earlier, acknowledged copy stays: its event refers to it
-                self._remove(key)
-            raise
-        return received
-
-    def _snapshot(self, arrival: Arrival) -> Snapshot:
-        try:
-            validate_uid(arrival.meta.sop_class_uid)
-        except InvalidUID as error:
-            raise CannotUnderstand(f"SOP Class UID: {error}") from error
-        snapshot = self._reader.read(
-            arrival.dataset,
-            transfer_syntax_uid=arrival.meta.transfer_syntax_uid,
-            media_sop_class_uid=arrival.meta.sop_class_uid,
-        )
-        if snapshot.sop_uid != arrival.meta.sop_instance_uid:
-            raise CannotUnderstand(
-                f"SOP Instance UID {snapshot.sop_uid} differs from the one announced "
-                f"({arrival.meta.sop_instance_uid})"
-            )
-        return snapshot
-
-    def _stage(self, key: BlobKey, data: bytes) -> tuple[bool, StagedBlob]:
-        """Start writing the blob; whether one was there before."""
-        with _refusing_blob_errors():
-            return self._blobs.exists(key), self._blobs.stage(key, data)
-
-    def _commit(self, key: BlobKey, staged: StagedBlob) -> None:
-        with _refusing_blob_errors():
-            staged.commit()
-
-    def _remove(self, key: BlobKey) -> None:
-        try:
-            self._blobs.delete(key)
-        except BlobStoreError as error:
-            log.error("blob of a refused instance left behind", key=key.path, error=str(error))
 
     def _refused(self, refusal: Refused, *, sop_uid: str, origin: Origin) -> None:
         metrics.REJECTIONS.labels(origin.intake, f"0x{refusal.status:04X}").inc()
@@ -230,6 +197,93 @@ class Intake:
                 peer_port=origin.peer_port,
             )
         )
+
+
+class Acceptance:
+    """One instance on its way in, started by `Intake.begin` (tags read, blob reference made,
+    event handed to the outbox) and completed by `store` (the blob made durable: waits for
+    the disk) and `finish` (once `settled` is done it does not wait). The event is published
+    before the blob is written so that the broker's round trip overlaps the whole write."""
+
+    def __init__(
+        self,
+        *,
+        intake: Intake,
+        arrival: Arrival,
+        origin: Origin,
+        key: BlobKey,
+        received: InstanceReceived,
+        pending: Pending,
+    ) -> None:
+        self._intake = intake
+        self._arrival = arrival
+        self._origin = origin
+        self._key = key
+        self.received = received
+        self._pending = pending
+        self._existed = False
+
+    @property
+    def settled(self) -> "Future[None]":
+        """Done once `finish` will not wait."""
+        return self._intake.outbox.settled(self._pending)
+
+    def store(self) -> None:
+        """Make the blob durable; `Refused` (reported) if it cannot be."""
+        with self._refusals():
+            try:
+                with _refusing_blob_errors():
+                    staged = self._intake.blobs.stage(self._key, self._arrival.file)
+                    self._existed = staged.replaces
+                    staged.commit()
+            except Refused:
+                self._intake.outbox.abandon(self._pending)
+                raise
+
+    def finish(self) -> InstanceReceived:
+        """Once the blob is stored: return once the event will reach the log; else `Refused`
+        (reported), with the blob gone again unless an earlier copy was there."""
+        with self._refusals():
+            try:
+                self._intake.outbox.commit(self._pending)
+            except OutOfResources:
+                if not self._existed:  # an earlier, acknowledged copy stays: its event names it
+                    self._remove()
+                raise
+        metrics.INSTANCES.labels(self._origin.intake).inc()
+        metrics.BYTES.labels(self._origin.intake).inc(len(self._arrival.file))
+        return self.received
+
+    def _refusals(self) -> AbstractContextManager[None]:
+        return self._intake.refusals(
+            sop_uid=self._arrival.meta.sop_instance_uid, origin=self._origin
+        )
+
+    def _remove(self) -> None:
+        try:
+            self._intake.blobs.delete(self._key)
+        except BlobStoreError as error:
+            log.error(
+                "blob of a refused instance left behind", key=self._key.path, error=str(error)
+            )
+
+
+def _snapshot(arrival: Arrival, reader: TagReader) -> Snapshot:
+    try:
+        validate_uid(arrival.meta.sop_class_uid)
+    except InvalidUID as error:
+        raise CannotUnderstand(f"SOP Class UID: {error}") from error
+    snapshot = reader.read(
+        arrival.dataset,
+        transfer_syntax_uid=arrival.meta.transfer_syntax_uid,
+        media_sop_class_uid=arrival.meta.sop_class_uid,
+    )
+    if snapshot.sop_uid != arrival.meta.sop_instance_uid:
+        raise CannotUnderstand(
+            f"SOP Instance UID {snapshot.sop_uid} differs from the one announced "
+            f"({arrival.meta.sop_instance_uid})"
+        )
+    return snapshot
 
 
 @contextmanager

@@ -2,10 +2,10 @@
 that an instance is answered 0x0000 only once its bytes are durable and its event will reach
 the log.
 
-- `BrokerOutbox` publishes once the blob's bytes are written (staged) and waits for the
-  broker's acknowledgement after the blob was made durable: the broker round trip and the
-  fsyncs overlap instead of adding up (together they were about 90 % of a C-STORE's time). If
-  the blob then cannot be made durable (a disk error at fsync), the instance is refused but its
+- `BrokerOutbox` publishes before the blob is written and waits for the broker's
+  acknowledgement after the blob was made durable: the broker round trip and the blob write
+  overlap instead of adding up (together they were about 90 % of a C-STORE's time). If the
+  blob then cannot be made durable (a full or failing disk), the instance is refused but its
   event may already be on the log, naming a blob that is not there: consumers treat it as
   any missing blob, and the sender's retry logs the instance again.
 - `Journal` appends the event to a local append-only file while the blob is written, fsyncs it
@@ -58,8 +58,11 @@ class Outbox(Protocol):
         """Raise `OutOfResources` if new instances cannot be taken now."""
 
     def begin(self, envelope: Envelope) -> Pending:
-        """Start on `envelope`, once its blob is staged and while it is made durable; raise
-        `OutOfResources` if it cannot be started."""
+        """Start on `envelope`, before its blob is written; raise `OutOfResources` if it cannot
+        be started."""
+
+    def settled(self, pending: Pending) -> "Future[None]":
+        """Done (within the publish timeout) once `commit` of `pending` will not wait."""
 
     def commit(self, pending: Pending) -> None:
         """Return once the event will reach the log (its blob is durable); else raise
@@ -96,6 +99,10 @@ class BrokerOutbox:
         except (PublishFailed, PublishRejected) as error:
             raise OutOfResources(f"event not published: {error}") from error
         return _Published(envelope, acknowledged, began)
+
+    def settled(self, pending: Pending) -> "Future[None]":
+        assert isinstance(pending, _Published)  # the outbox only gets back what it handed out
+        return pending.acknowledged
 
     def commit(self, pending: Pending) -> None:
         assert isinstance(pending, _Published)  # the outbox only gets back what it handed out
@@ -216,6 +223,9 @@ class Journal:
             self._unforwarded.append(entry)
             self._lock.notify_all()
         return entry
+
+    def settled(self, pending: Pending) -> "Future[None]":
+        return self._entry(pending).written
 
     def commit(self, pending: Pending) -> None:
         entry = self._entry(pending)

@@ -18,7 +18,7 @@ compressed ones only while `accept_compressed` is on.
 import asyncio
 import ssl
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
@@ -437,9 +437,20 @@ class Receiver:
         self._pool.shutdown(wait=True)
 
     async def receive(self, arrival: Arrival, origin: Origin) -> None:
-        """`Intake.receive` on the worker pool: blob writes and broker waits block."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self.intake.receive, arrival, origin)
+        """`Intake.receive`, its steps placed so that no thread switch lies on the path of one
+        sender's instances (each costs about 0.5 ms on a loaded machine, a third of a small
+        instance's time): the event is published from the loop, its acknowledgement wakes the
+        loop directly, and the blob is written on the loop itself while this is the worker's
+        only association (nothing else waits for the loop then), else on the thread pool, so
+        that concurrent associations keep reading while one waits for the disk."""
+        acceptance = self.intake.begin(arrival, origin)
+        settled = _on_loop(acceptance.settled)
+        if self.open_associations > 1:
+            await asyncio.get_running_loop().run_in_executor(self._pool, acceptance.store)
+        else:
+            acceptance.store()
+        await settled
+        acceptance.finish()
 
     def opened(self) -> None:
         self.open_associations += 1
@@ -457,6 +468,20 @@ class Receiver:
             await Association(self, reader, writer).run()
         finally:
             self._tasks.discard(task)
+
+
+def _on_loop(future: "Future[None]") -> "asyncio.Future[None]":
+    """An asyncio future resolved (never with an error: the caller reads `future` itself) once
+    `future` is done, woken from whichever thread completes it."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def resolve() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(resolve))
+    return done
 
 
 def tls_context(settings: IngestSettings) -> ssl.SSLContext:

@@ -271,6 +271,18 @@ def test_putting_a_key_again_replaces_the_blob(store: BlobStore) -> None:
     assert list(store.list("jobs")) == [key.path]
 
 
+def test_a_staged_blob_says_whether_it_replaces_one(store: BlobStore) -> None:
+    key = blob_key("jobs", "j1", "result.json")
+    first = store.stage(key, b"first")
+    assert first.replaces is False
+    first.commit()
+
+    second = store.stage(key, b"second")
+    assert second.replaces is True
+    second.discard()
+    assert store.get(key) == b"first"
+
+
 def test_an_empty_blob_is_a_blob(store: BlobStore) -> None:
     key = blob_key("jobs", "j1", "log.txt")
     assert store.put(key, b"").size == 0
@@ -444,6 +456,28 @@ def test_a_failed_overwrite_keeps_the_old_blob(
     monkeypatch.undo()
 
     assert folder_store.get(key) == b"old"
+    assert _leftovers(folder_store.root) == []
+
+
+def test_a_new_blob_whose_fsync_fails_leaves_a_later_writers_blob(
+    folder_store: FolderBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new blob is renamed into place before its fsync; when that fsync fails, the blob goes
+    again, but not the one another writer renamed over it meanwhile."""
+    key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(1))
+    staged = folder_store.stage(key, b"mine")
+    fsync = os.fsync
+
+    def another_writer_then_fail(fd: int) -> None:
+        monkeypatch.setattr(os, "fsync", fsync)
+        folder_store.put(key, b"theirs")
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", another_writer_then_fail)
+    with pytest.raises(BlobStoreUnavailable):
+        staged.commit()
+
+    assert folder_store.get(key) == b"theirs"
     assert _leftovers(folder_store.root) == []
 
 
