@@ -31,7 +31,6 @@ import secrets
 import shutil
 import threading
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -290,7 +289,7 @@ def _translate_os_error(exc: OSError, *, key: BlobKey, action: str) -> BlobStore
 
 
 class FolderBlobStore:
-    """Blobs as files under ``root``: write a temp file, fsync and rename it, fsync the folder.
+    """Blobs as files under ``root``: write a temp file, fsync, rename, fsync the folder.
 
     Readers never see a partial blob and concurrent writers of one key leave exactly one of
     their payloads. Writes are refused while free disk space would drop below ``min_free_bytes``.
@@ -337,8 +336,8 @@ class FolderBlobStore:
         return _blob_ref(key, data)
 
     def stage(self, key: BlobKey, data: bytes) -> StagedBlob:
-        """Write ``data`` to a temporary file beside the blob; ``commit`` fsyncs it and renames
-        it into place (in the order `_StagedFile` explains) and fsyncs the folder."""
+        """Write ``data`` to a temporary file beside the blob; ``commit`` fsyncs it, renames
+        it into place and fsyncs the folder."""
         path = self._path(key)
         self.check_free_space(len(data))
         token = secrets.token_hex(8)
@@ -466,14 +465,8 @@ class FolderBlobStore:
 class _StagedFile:
     """A blob written to a temporary file in its folder, not yet durable nor visible.
 
-    A new blob is renamed into place before its fsync: on journaling file systems (ext4, XFS,
-    btrfs) the one journal commit that fsync forces then covers the bytes and the new name, and
-    the folder's fsync finds nothing left to commit, so a new blob costs one journal commit
-    instead of two. Readers see the complete bytes from the rename on (the page cache holds
-    them); only a power loss before the fsync returns can leave the name with fewer bytes, and
-    `commit` has not returned then, so nothing acknowledged depends on them. A blob replacing
-    another is fsynced before the rename: the old bytes stay until the new ones are durable.
-    """
+    Its bytes are fsynced before the rename, so the name never points at bytes a power loss
+    could take back: an event already on the log may name this key."""
 
     key: BlobKey
     path: Path
@@ -484,45 +477,20 @@ class _StagedFile:
         try:
             try:
                 fd = os.open(self.temp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(self.temp, self.path)
             except BaseException:
                 self.temp.unlink(missing_ok=True)
                 raise
-            try:
-                if self.replaces:
-                    self._fsync_then_rename(fd)
-                else:
-                    self._rename_then_fsync(fd)
-            finally:
-                os.close(fd)
             _fsync_dir(self.path.parent)
         except OSError as exc:
             raise _translate_os_error(exc, key=self.key, action="store") from exc
 
     def discard(self) -> None:
         self.temp.unlink(missing_ok=True)
-
-    def _fsync_then_rename(self, fd: int) -> None:
-        try:
-            os.fsync(fd)
-            os.replace(self.temp, self.path)
-        except BaseException:
-            self.temp.unlink(missing_ok=True)
-            raise
-
-    def _rename_then_fsync(self, fd: int) -> None:
-        """If the fsync fails, the blob goes again (unless another writer's replaced it)."""
-        try:
-            os.replace(self.temp, self.path)
-        except BaseException:
-            self.temp.unlink(missing_ok=True)
-            raise
-        try:
-            os.fsync(fd)
-        except BaseException:
-            with suppress(OSError):
-                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
-                    os.unlink(self.path)
-            raise
 
 
 # --- S3 store -----------------------------------------------------------------------------------

@@ -459,11 +459,11 @@ def test_a_failed_overwrite_keeps_the_old_blob(
     assert _leftovers(folder_store.root) == []
 
 
-def test_a_new_blob_whose_fsync_fails_leaves_a_later_writers_blob(
+def test_a_blob_whose_fsync_fails_leaves_a_later_writers_blob(
     folder_store: FolderBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A new blob is renamed into place before its fsync; when that fsync fails, the blob goes
-    again, but not the one another writer renamed over it meanwhile."""
+    """A commit whose fsync fails leaves nothing of its own, and the blob another writer stored
+    meanwhile stays."""
     key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(1))
     staged = folder_store.stage(key, b"mine")
     fsync = os.fsync
