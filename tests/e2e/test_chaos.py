@@ -295,11 +295,16 @@ def test_killing_services_and_the_broker_loses_no_stored_instance(
             if own_broker.pid() is None:
                 own_broker.start(timeout_s=120)
             target = Target(received)
-            wait_for(
-                lambda: set(sent.stored) <= set(target.received()),
-                timeout_s=150,
-                what="every stored instance at the target",
-            )
+            try:
+                wait_for(
+                    lambda: set(sent.stored) <= set(target.received()),
+                    timeout_s=150,
+                    what="every stored instance at the target",
+                )
+            except AssertionError as late:
+                lost = set(sent.stored) - set(target.received())
+                folders = sorted({sent.stored[uid] for uid in lost})
+                raise AssertionError(f"{late}: {len(lost)} missing, of {folders}") from None
             delivered_s = time.monotonic() - began
             assert len(outage) == 2, "the target outage happened"
 
