@@ -187,9 +187,9 @@ class Completions:
         """Fold one record of `instances` or `series`, after any record of its partition that
         Faust skipped; decide the completions among them.
 
-        Faust's consumer can move past records without delivering them (a batch cut short
-        while its flow is stopped for a rebalance, with the broker restarting) and then
-        commits past them as a gap; those records are read here directly and folded first."""
+        Faust's consumer can move past records without delivering them (seen when the broker
+        restarted while the group rebalanced) and its commit then counts them as a gap, done;
+        those records are read here directly and folded first."""
         record = Record.of(event.message)
         expected = self._folded.get(record.tp, record.offset)
         if record.offset > expected:
