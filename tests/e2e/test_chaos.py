@@ -10,6 +10,7 @@ while. At the end:
   is at the target; a series whose send failed in part is sent again (only what was not stored),
   as a modality would;
 - duplicate deliveries (at-least-once) are counted and reported, not forbidden;
+- every job a dispatcher started has its `DispatchSucceeded` on the log;
 - the projections agree with the log: the series and their instance counts in the archive API
   equal the `InstanceReceived` events read from the instances topic.
 
@@ -22,7 +23,11 @@ rule uses it, so it is not among the victims.
 It found that after the broker itself was killed and restarted, the streams worker could commit
 its source offsets past instances whose study record never reached its table changelog (Faust's
 buffer flush gives up after 0.1 s without a send), so their series was never completed; the
-worker now drains that buffer before each commit.
+worker now drains that buffer before each commit. It then found that Faust's consumer could move
+past records without delivering them (after a broker restart during a rebalance) and commit past
+them as a gap: the fold now reads and folds them itself; and that a dispatcher killed after the
+target confirmed a job but before its `DispatchSucceeded` was on the log left the job started
+forever: the redelivered command now reports the stored confirmation.
 
 `make test` runs it after the rest of the suite, in a pytest run of its own; `make chaos` runs it
 alone. It prints its seed first and its figures last (a line starting "chaos figures"), shown
@@ -46,7 +51,7 @@ import pytest
 import yaml
 from pydicom import dcmread
 
-from infra.catalogue import DispatchSucceeded, InstanceReceived
+from infra.catalogue import DispatchStarted, DispatchSucceeded, InstanceReceived
 from infra.kafka.broker import LocalBroker
 from infra.settings import LogSettings
 from infra.supervisor import read_states
@@ -211,6 +216,12 @@ def archive_counts(client: httpx.Client) -> dict[str, int]:
     return {row["series_uid"]: row["instance_count"] for row in rows}
 
 
+def unfinished_jobs(log: LogReader) -> set[str]:
+    """Jobs a dispatcher started that have no success on the log."""
+    started = {fact.job_id for fact in log.of(DispatchStarted)}
+    return started - {fact.job_id for fact in log.of(DispatchSucceeded)}
+
+
 def logged_counts(log: LogReader) -> dict[str, int]:
     return dict(Counter(fact.series_uid for fact in log.of(InstanceReceived)))
 
@@ -319,6 +330,7 @@ def test_killing_services_and_the_broker_loses_no_stored_instance(
                 timeout_s=120,
                 what="the archive to agree with the instances topic",
             )
+            wait_for(lambda: not unfinished_jobs(log), timeout_s=60, what="every job to succeed")
             routed = Counter(success.job_id for success in log.of(DispatchSucceeded))
         client.close()
 
