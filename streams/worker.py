@@ -30,7 +30,9 @@ Errors: none of its own; undecodable records go to the dead-letter topic (see `i
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,6 +84,7 @@ log = structlog.get_logger(__name__)
 METADATA_MAX_AGE_MS = 10_000
 FETCH_GATHER_MS = 100
 FETCH_MIN_BYTES = 1 << 20
+GAP_READ_TIMEOUT_S = 30.0
 PARTITIONS = next(spec.partitions for spec in TOPICS if spec.topic is Topic.INSTANCES)
 
 
@@ -107,6 +110,43 @@ def _headers(message: faust.types.Message) -> Headers:
 
 def _instance_key(series_uid: str, blob_key: str) -> str:
     return f"{series_uid}\n{blob_key}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a source topic, as Faust delivered it or as read past Faust."""
+
+    tp: TP
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+    @classmethod
+    def of(cls, message: faust.types.Message) -> "Record":
+        return cls(message.tp, message.offset, message.key, message.value, _headers(message))
+
+
+def read_range(consumer: Consumer, tp: TP, start: int, end: int) -> list[Record]:
+    """The records of `tp` from offset `start` up to (without) `end`, read with `consumer`
+    (assigned to `tp` for the call); RuntimeError if the broker does not give them in time."""
+    records: list[Record] = []
+    consumer.assign([TopicPartition(tp.topic, tp.partition, start)])
+    deadline = time.monotonic() + GAP_READ_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            for message in consumer.consume(end - start, timeout=1.0):
+                offset = message.offset()
+                if message.error() is not None or offset is None:
+                    continue
+                if offset < end:
+                    headers: Headers = [(str(pair[0]), pair[1]) for pair in message.headers() or []]
+                    records.append(Record(tp, offset, message.key(), message.value(), headers))
+                if offset >= end - 1:
+                    return records
+    finally:
+        consumer.unassign()
+    raise RuntimeError(f"offsets {start}-{end - 1} of {tp.topic}[{tp.partition}] not readable")
 
 
 class Completions:
@@ -142,30 +182,54 @@ class Completions:
         self._in_flight: dict[tuple[str, str], int] = {}
         self._retired_at: dict[int, datetime] = {}
         self._offsets = Consumer({**client_config(settings), "group.id": app.conf.id})
+        self._gaps = Consumer(
+            {**client_config(settings), "group.id": app.conf.id, "enable.auto.commit": False}
+        )
 
     # --- the fold ------------------------------------------------------------------------
 
     async def fold(self, event: faust.EventT[bytes]) -> None:
-        """Fold one record of `instances` or `series`; decide the completions among them."""
-        message = event.message
-        tp = message.tp
-        self._folded[tp] = message.offset + 1
+        """Fold one record of `instances` or `series`, after any record of its partition that
+        Faust skipped; decide the completions among them.
+
+        Faust's consumer can move past records without delivering them (seen when the broker
+        restarted while the group rebalanced) and its commit then counts them as a gap, done;
+        those records are read here directly and folded first."""
+        record = Record.of(event.message)
+        expected = self._folded.get(record.tp, record.offset)
+        if record.offset > expected:
+            skipped = await asyncio.to_thread(
+                read_range, self._gaps, record.tp, expected, record.offset
+            )
+            log.warning(
+                "folding records the consumer skipped",
+                topic=record.tp.topic,
+                partition=record.tp.partition,
+                offsets=[r.offset for r in skipped],
+            )
+            for earlier in skipped:
+                await self._fold(earlier)
+        await self._fold(record)
+
+    async def _fold(self, record: Record) -> None:
+        self._folded[record.tp] = record.offset + 1
+        partition = record.tp.partition
         try:
-            envelope = decode(message.value, _headers(message), CATALOGUE)
+            envelope = decode(record.value, record.headers, CATALOGUE)
         except UndecodableEvent as error:
-            await self._dead_letter(event, reason=f"undecodable: {error}")
+            await self._dead_letter(record, reason=f"undecodable: {error}")
             return
         payload = envelope.payload
         at = envelope.occurred_at
         if isinstance(payload, InstanceReceived):
-            self._admit(payload, partition=message.partition, offset=message.offset, at=at)
+            self._admit(payload, partition=partition, offset=record.offset, at=at)
         elif isinstance(payload, SeriesCompleted):
-            await self._series_completed(envelope, payload, partition=message.partition)
+            await self._series_completed(envelope, payload, partition=partition)
         elif isinstance(payload, RulesEvaluated):
             self._update(payload.study_uid, lambda r: record_rules_evaluated(r, payload, at=at))
         elif isinstance(payload, StudyCompleted):
             await self._study_completed(envelope, payload)
-        self._retire_idle(message.partition, now=at)
+        self._retire_idle(partition, now=at)
 
     def _admit(
         self, instance: InstanceReceived, *, partition: int, offset: int, at: datetime
@@ -330,7 +394,10 @@ class Completions:
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop what this worker knew about partitions it no longer owns."""
-        for partition in set(partitions):
+        partitions = set(partitions)
+        for tp in [tp for tp in self._folded if tp.partition in partitions]:
+            del self._folded[tp]  # another worker may fold on: no gap to fill when it returns
+        for partition in partitions:
             self._targets.pop(partition, None)
             self._live.discard(partition)
             for flight, owner in list(self._in_flight.items()):
@@ -402,21 +469,20 @@ class Completions:
                     series_uids=series,
                 )
 
-    async def _dead_letter(self, event: faust.EventT[bytes], *, reason: str) -> None:
-        message = event.message
+    async def _dead_letter(self, record: Record, *, reason: str) -> None:
         letter = DeadLetter(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
+            topic=record.tp.topic,
+            partition=record.tp.partition,
+            offset=record.offset,
             group=self._app.conf.id,
             reason=reason,
         )
         log.error("record sent to the dead-letter topic", **letter.__dict__)
-        headers: Headers = [*_headers(message), *letter.headers()]
+        headers: Headers = [*record.headers, *letter.headers()]
         future = self._producer.produce_raw(
             topic=self._topics[Topic.DEADLETTER],
-            key=message.key,
-            value=message.value,
+            key=record.key,
+            value=record.value,
             headers=headers,
         )
         await asyncio.wrap_future(future)

@@ -1,10 +1,11 @@
 """The dispatcher service: takes `DispatchSeries` commands and reports what the target confirmed.
 
-Per command: skip it if the job was already confirmed (a redelivery after a crash) or
-cancelled; wait while its queue or target is suspended; emit `DispatchStarted`; stage the
-inputs from the blob store; send; record the confirmation in the blob store, then emit
-`DispatchSucceeded`, with a completion `Notify` for each of its rules that notifies on
-completion (the processor's notices, `executors/notices.py`). A transient failure emits
+Per command: if the job was already confirmed (a redelivery after a crash), report that
+confirmation again instead of sending (the crash may have come before `DispatchSucceeded` was
+on the log); skip it if cancelled; wait while its queue or target is suspended; emit
+`DispatchStarted`; stage the inputs from the blob store; send; record the confirmation in the
+blob store, then emit `DispatchSucceeded`, with a completion `Notify` for each of its rules that
+notifies on completion (the processor's notices, `executors/notices.py`). A transient failure emits
 `DispatchFailed(will_retry=True)` with the next attempt time and schedules the retry on the
 retry topic (exponential backoff with a cap); after the last attempt, or on a permanent failure,
 `DispatchFailed(will_retry=False)` puts the job in the failure queue (with an error `Notify` for
@@ -162,7 +163,9 @@ class Dispatcher:
     def _dispatch(self, cause: Envelope, command: DispatchSeries) -> None:
         job = command.job_id
         if self._store.exists(confirmation_key(job)):
-            log.info("already confirmed, not sent again", job_id=job)
+            confirmed = json.loads(self._store.get(confirmation_key(job)))
+            self._succeeded(cause, command, Delivery(**confirmed))
+            log.info("already confirmed, not sent again; success reported", job_id=job)
             return
         self._wait_while_suspended(command)
         if self._store.exists(cancellation_key(job)):
@@ -187,18 +190,7 @@ class Dispatcher:
             confirmation_key(job),
             json.dumps({"confirmed": delivery.confirmed, "warnings": delivery.warnings}).encode(),
         )
-        succeeded = DispatchSucceeded(
-            job_id=job,
-            target=command.target,
-            attempt=command.attempt,
-            confirmed=delivery.confirmed,
-            warnings=delivery.warnings,
-        )
-        details = {"target": command.target, "confirmed": delivery.confirmed}
-        self._producer.publish_all(
-            cause.caused(payload, source=SOURCE, subject=job)
-            for payload in [succeeded, *self._notices(command, "completion", details)]
-        )
+        self._succeeded(cause, command, delivery)
         seconds = time.monotonic() - began
         JOBS.labels(command.target, "succeeded").inc()
         INSTANCES.labels(command.target).inc(delivery.confirmed)
@@ -212,6 +204,22 @@ class Dispatcher:
             target=command.target,
             instances=delivery.confirmed,
             seconds=round(seconds, 3),
+        )
+
+    def _succeeded(self, cause: Envelope, command: DispatchSeries, delivery: Delivery) -> None:
+        """`DispatchSucceeded` and the completion notices, on the log."""
+        job = command.job_id
+        succeeded = DispatchSucceeded(
+            job_id=job,
+            target=command.target,
+            attempt=command.attempt,
+            confirmed=delivery.confirmed,
+            warnings=delivery.warnings,
+        )
+        details = {"target": command.target, "confirmed": delivery.confirmed}
+        self._producer.publish_all(
+            cause.caused(payload, source=SOURCE, subject=job)
+            for payload in [succeeded, *self._notices(command, "completion", details)]
         )
 
     def _send(self, command: DispatchSeries) -> Delivery:

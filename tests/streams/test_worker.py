@@ -4,9 +4,12 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from faust.types import TP
 
 from infra.catalogue import (
+    CATALOGUE,
     DispatchSeries,
     Notify,
     ProcessSeries,
@@ -16,10 +19,11 @@ from infra.catalogue import (
     ServiceHeartbeat,
     StudyCompleted,
 )
+from infra.events import decode
 from infra.kafka.broker import LocalBroker
 from infra.settings import LogSettings
 from infra.topics import Lane, Topic, topic_name
-from streams.worker import PARTITIONS
+from streams.worker import PARTITIONS, read_range
 from tests.conftest import settings_for
 from tests.streams.harness import (
     instance,
@@ -295,3 +299,24 @@ def test_a_config_change_between_two_series_changes_the_second_decision(
     targets = {d.series_uids[0]: d.target for d in reader.of(DispatchSeries)}
     assert targets == {"7.1.1": "old-pacs", "7.1.2": "new-pacs"}
     assert topic_name(Topic.SERIES, prefix=log_settings.topic_prefix)
+
+
+def test_records_the_consumer_skipped_are_read_directly(log_settings: LogSettings) -> None:
+    """What the fold reads when Faust's consumer moved past records without delivering them."""
+    sent = [instance("gap-study", "gap.1", number) for number in range(6)]
+    publish(log_settings, sent)
+    topic = topic_name(Topic.INSTANCES, prefix=log_settings.topic_prefix)
+    consumer = Consumer({"bootstrap.servers": log_settings.kafka_bootstrap, "group.id": "gaps"})
+    ends = {
+        partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+        for partition in range(PARTITIONS)
+    }
+    partition = next(p for p, end in ends.items() if end)
+    assert ends[partition] == len(sent)
+
+    records = read_range(consumer, TP(topic, partition), 1, 4)
+    consumer.close()
+
+    assert [record.offset for record in records] == [1, 2, 3]
+    decoded = [decode(record.value, record.headers, CATALOGUE).payload for record in records]
+    assert decoded == [envelope.payload for envelope in sent[1:4]]

@@ -1,5 +1,6 @@
 """The dispatcher on the real log: commands in, instances at the target, truthful events out."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pydicom import dcmread
 
-from executors.dispatch.dispatcher import DispatchSettings
+from executors.dispatch.dispatcher import DispatchSettings, confirmation_key
 from executors.dispatch.service import dispatch_service
 from infra.blobstore import FolderBlobStore, instance_key
 from infra.catalogue import (
@@ -280,3 +281,23 @@ def test_a_dispatcher_killed_mid_series_delivers_everything_after_its_restart(
         first.wait()
     assert received_match(storescp, settings, inputs)
     assert log.of(DispatchSucceeded)[0].confirmed == 500
+
+
+def test_a_job_confirmed_before_a_crash_is_reported_again_not_sent_again(
+    settings: DispatchSettings, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    """A dispatcher killed after the target confirmed, before `DispatchSucceeded` was on the
+    log, left the confirmation in the blob store; the redelivered command reports it."""
+    inputs = stored_series(settings, tmp_path / "src", instances=3)
+    publish(settings, [dicom_target("pacs", storescp.port)])
+    command = dispatch(inputs, target="pacs")
+    job = command.payload.job_id  # type: ignore[attr-defined]
+    store = FolderBlobStore(settings.blob_dir, min_free_bytes=0)
+    store.put(confirmation_key(job), json.dumps({"confirmed": 3, "warnings": 1}).encode())
+    with jobs(settings) as log, dispatch_service(settings) as _:
+        publish(settings, [command])
+        log.wait(lambda r: r.of(DispatchSucceeded), timeout_s=60, what="success")
+    (succeeded,) = log.of(DispatchSucceeded)
+    assert (succeeded.job_id, succeeded.confirmed, succeeded.warnings) == (job, 3, 1)
+    assert log.of(DispatchStarted) == []
+    assert storescp.received() == []
