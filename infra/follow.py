@@ -21,8 +21,8 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from infra.catalogue import CATALOGUE
-from infra.events import Envelope, Headers, UndecodableEvent, decode, header_value
-from infra.log import LogUnavailable, client_config, end_offset
+from infra.events import Envelope, UndecodableEvent, decode, header_value
+from infra.log import LogUnavailable, client_config, end_offset, record_headers
 from infra.settings import LogSettings
 from infra.topics import Topic, topic_name
 
@@ -115,7 +115,7 @@ class TopicFollower(ABC):
                     )
 
     def _take(self, message: Message) -> None:
-        headers: Headers = [(str(pair[0]), pair[1]) for pair in message.headers() or []]
+        headers = record_headers(message)
         if not self.wants(message.topic() or "", header_value(headers, "type")):
             return
         try:

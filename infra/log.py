@@ -427,7 +427,7 @@ class ConsumerLoop:
 
     def _handle_one(self, record: Message) -> None:
         try:
-            envelope = decode(record.value(), _headers(record), self._catalogue)
+            envelope = decode(record.value(), record_headers(record), self._catalogue)
         except UndecodableEvent as error:
             self._send_to_deadletter(record, reason=f"undecodable: {error}")
             return
@@ -472,7 +472,7 @@ class ConsumerLoop:
                 topic=self._deadletter_topic,
                 key=record.key(),
                 value=record.value(),
-                headers=[*_headers(record), *letter.headers()],
+                headers=[*record_headers(record), *letter.headers()],
             ).result(),
             what="dead letter",
         )
@@ -518,7 +518,8 @@ def _known(position: int | None) -> int:
     return -1 if position is None else position
 
 
-def _headers(record: Message) -> Headers:
+def record_headers(record: Message) -> Headers:
+    """A consumed record's headers as `(name, value)` pairs."""
     headers = record.headers()
     if headers is None:
         return []

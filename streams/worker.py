@@ -60,7 +60,7 @@ from infra.catalogue import (
 )
 from infra.events import Envelope, Headers, Payload, UndecodableEvent, decode
 from infra.heartbeat import Heartbeat
-from infra.log import ConsumerLoop, DeadLetter, EventProducer, client_config
+from infra.log import ConsumerLoop, DeadLetter, EventProducer, client_config, record_headers
 from infra.settings import BlobSettings, LogSettings
 from infra.topics import CATALOGUE as TOPICS
 from infra.topics import Topic, topic_name
@@ -140,8 +140,9 @@ def read_range(consumer: Consumer, tp: TP, start: int, end: int) -> list[Record]
                 if message.error() is not None or offset is None:
                     continue
                 if offset < end:
-                    headers: Headers = [(str(pair[0]), pair[1]) for pair in message.headers() or []]
-                    records.append(Record(tp, offset, message.key(), message.value(), headers))
+                    records.append(
+                        Record(tp, offset, message.key(), message.value(), record_headers(message))
+                    )
                 if offset >= end - 1:
                     return records
     finally:
