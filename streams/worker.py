@@ -184,7 +184,12 @@ class Completions:
         self._retired_at: dict[int, datetime] = {}
         self._offsets = Consumer({**client_config(settings), "group.id": app.conf.id})
         self._gaps = Consumer(
-            {**client_config(settings), "group.id": app.conf.id, "enable.auto.commit": False}
+            {
+                **client_config(settings),
+                "group.id": app.conf.id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",  # a gap partly gone to retention: read the rest
+            }
         )
 
     # --- the fold ------------------------------------------------------------------------
@@ -197,7 +202,12 @@ class Completions:
         restarted while the group rebalanced) and its commit then counts them as a gap, done;
         those records are read here directly and folded first."""
         record = Record.of(event.message)
-        expected = self._folded.get(record.tp, record.offset)
+        expected = self._folded.get(record.tp)
+        if expected is None:
+            # New to this worker (started, or assigned in a rebalance): the skip can happen on
+            # its first delivery too, so the fold starts where the group committed.
+            committed = (await self._committed([record.tp])).get(record.tp, -1)
+            expected = committed if committed >= 0 else record.offset
         if record.offset > expected:
             skipped = await asyncio.to_thread(
                 read_range, self._gaps, record.tp, expected, record.offset

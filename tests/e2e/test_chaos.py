@@ -2,23 +2,26 @@
 
 `talaria up` runs against a broker of its own that this test starts (TALARIA_KAFKA_BOOTSTRAP), so
 the broker can be killed and restarted too; every other service is killed by its pid and
-restarted by the supervisor of `talaria up`. One rule routes every series to a DICOM target
+restarted by the supervisor of `talaria up`. One rule routes the CT series to a DICOM target
 (DCMTK storescp, writing every object it receives to a file of its own), which is taken down for a
-while. At the end:
+while; another runs every third series (PT) through a processing module (a busybox container
+copying its inputs, built locally) and routes its output, the same instances, to that target.
+At the end:
 
 - every instance a sender was told was stored (a Success store response in `storescu -v`'s output)
   is at the target; a series whose send failed in part is sent again (only what was not stored),
   as a modality would;
 - duplicate deliveries (at-least-once) are counted and reported, not forbidden;
-- every job a dispatcher started has its `DispatchSucceeded` on the log;
+- every job a dispatcher started has its `DispatchSucceeded` on the log, and every processing
+  job started finished its step without failing;
 - the projections agree with the log: the series and their instance counts in the archive API
   equal the `InstanceReceived` events read from the instances topic.
 
 Scaled to run in CI on 2 cores in 2-3 minutes: 100 series of 3-5 small (64x64) CT instances
 from 4 concurrent senders, spread over the first 48 s, a kill every 4 s for the first 60 s
 (each victim at least once; a broker restart takes a few seconds more), and a target outage of
-a minute (the retry backoff is shortened to match). The processor runs but no
-rule uses it, so it is not among the victims.
+a minute (the retry backoff is shortened to match). The victims are the broker, the receiver,
+the streams worker, the processor, the dispatcher and the UI (with its projector).
 
 It found that after the broker itself was killed and restarted, the streams worker could commit
 its source offsets past instances whose study record never reached its table changelog (Faust's
@@ -31,7 +34,9 @@ forever: the redelivered command now reports the stored confirmation.
 
 `make test` runs it after the rest of the suite, in a pytest run of its own; `make chaos` runs it
 alone. It prints its seed first and its figures last (a line starting "chaos figures"), shown
-without -s; CHAOS_SEED=N repeats a run's series sizes and order of victims (not its timing).
+without -s; CHAOS_SEED=N repeats a run's series sizes and order of victims (not its timing). When an
+acknowledged instance never reaches the target, the failure traces it through the log (received,
+completed, which jobs, how they ended) and quotes the services' errors.
 """
 
 import os
@@ -51,14 +56,25 @@ import pytest
 import yaml
 from pydicom import dcmread
 
-from infra.catalogue import DispatchStarted, DispatchSucceeded, InstanceReceived
+from infra.catalogue import (
+    DispatchSeries,
+    DispatchStarted,
+    DispatchSucceeded,
+    InstanceReceived,
+    ProcessingFailed,
+    ProcessingStarted,
+    ProcessingStepCompleted,
+    ProcessSeries,
+    SeriesCompleted,
+)
 from infra.kafka.broker import LocalBroker
 from infra.settings import LogSettings
 from infra.supervisor import read_states
-from infra.topics import Topic
+from infra.topics import CommandKind, Lane, Topic, command_topic, retry_topic
 from tests.conftest import start_broker
 from tests.e2e.stack import Stack, logged_in, talaria_up
 from tests.executors.dispatch.conftest import storescp_command
+from tests.executors.images import busybox_module_image, docker_client
 from tests.ingest.dicom_files import write_study
 from tests.support import DCMTK, LogReader, free_port, reading, wait_for, wait_until_listening
 
@@ -70,7 +86,8 @@ KILL_EVERY_S = 4.0
 CHAOS_FOR_S = 60.0
 SEND_FOR_S = 48.0  # the series stream in through most of the chaos, not in a burst before it
 OUTAGE_FROM_S, OUTAGE_UNTIL_S = 10.0, 70.0
-SERVICES = ("receiver", "streams", "dispatcher", "ui")
+SERVICES = ("receiver", "streams", "processor", "dispatcher", "ui")
+PROCESSED_EVERY = 3  # every third series is PT and goes through the module
 BROKER = "broker"
 
 
@@ -226,6 +243,74 @@ def logged_counts(log: LogReader) -> dict[str, int]:
     return dict(Counter(fact.series_uid for fact in log.of(InstanceReceived)))
 
 
+def unfinished_processing(log: LogReader) -> set[str]:
+    """Processing jobs started that completed no step."""
+    started = {fact.job_id for fact in log.of(ProcessingStarted)}
+    return started - {fact.job_id for fact in log.of(ProcessingStepCompleted)}
+
+
+TRACED_TOPICS = [
+    Topic.INSTANCES,
+    Topic.SERIES,
+    Topic.JOBS,
+    *(
+        command_topic(kind, lane)
+        for kind in (CommandKind.PROCESS, CommandKind.DISPATCH)
+        for lane in Lane
+    ),
+    retry_topic(CommandKind.DISPATCH),
+]
+
+
+def trace(stack: Stack, lost: set[str]) -> str:
+    """Where each lost instance got to on the log, and the services' errors and warnings."""
+    with reading(LogSettings(kafka_bootstrap=stack.bootstrap), TRACED_TOPICS) as log:
+        read = -1
+        while read != len(log.seen):  # the topics are read to their end once nothing new comes
+            read = len(log.seen)
+            time.sleep(2)
+        received = {fact.sop_uid: fact for fact in log.of(InstanceReceived)}
+        ends = [
+            (type(fact).__name__, fact.job_id)
+            for fact in [*log.of(DispatchSucceeded), *log.of(ProcessingFailed)]
+        ]
+        lines = []
+        for sop_uid in sorted(lost):
+            fact = received.get(sop_uid)
+            if fact is None:
+                lines.append(f"{sop_uid}: no InstanceReceived")
+                continue
+            key = fact.blob.key
+            completions = {
+                completed.completion_id: completed.instance_count
+                for completed in log.of(SeriesCompleted)
+                if any(blob.key == key for blob in completed.blobs)
+            }
+            jobs = {
+                command.job_id
+                for command in log.of(ProcessSeries) + log.of(DispatchSeries)
+                if command.completion_id in completions
+            }
+            lines.append(
+                f"{sop_uid} of series {fact.series_uid}: completions {completions}, jobs "
+                f"{sorted(jobs)}, ended {sorted(end for end in ends if end[1] in jobs)}"
+            )
+    for service in (*SERVICES, "notifier"):
+        noted = [
+            line
+            for line in stack.service_log(service).splitlines()
+            if '"level": "error"' in line or '"level": "warning"' in line or "Traceback" in line
+        ]
+        lines += [f"{service}: {line}" for line in noted[-15:]]
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def copy_module() -> str:
+    """The busybox module image (Docker started first, so that `talaria up` runs the processor)."""
+    return busybox_module_image(docker_client())
+
+
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
     broker = start_broker(tmp_path / "kafka")
@@ -237,14 +322,19 @@ def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
 
 @pytest.mark.timeout(900)  # 5 minutes at a load of 15 on 2 cores; the default 300 s is too tight
 def test_killing_services_and_the_broker_loses_no_stored_instance(
-    own_broker: LocalBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    copy_module: str, own_broker: LocalBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1 << 30))
     with capsys.disabled():
         print(f"\nchaos seed {seed} (CHAOS_SEED={seed} repeats this run)")
     rng = random.Random(seed)
     series = [
-        write_study(tmp_path / "send" / f"{n:03d}", series=1, instances=rng.randint(3, 5))
+        write_study(
+            tmp_path / "send" / f"{n:03d}",
+            series=1,
+            instances=rng.randint(3, 5),
+            modality="PT" if n % PROCESSED_EVERY == 0 else "CT",
+        )
         for n in range(SERIES)
     ]
     uids = {
@@ -265,7 +355,18 @@ def test_killing_services_and_the_broker_loses_no_stored_instance(
                         "aet_target": "PACS",
                     }
                 },
-                "rules": {"all": {"rule": "True", "action": "route", "target": "pacs"}},
+                "modules": {
+                    "copy": {"docker_tag": copy_module, "environment": {"BEHAVIOUR": "copy"}}
+                },
+                "rules": {
+                    "ct": {"rule": "@Modality@ == 'CT'", "action": "route", "target": "pacs"},
+                    "pt": {
+                        "rule": "@Modality@ == 'PT'",
+                        "action": "both",
+                        "processing_module": "copy",
+                        "target": "pacs",
+                    },
+                },
             }
         )
     )
@@ -315,7 +416,9 @@ def test_killing_services_and_the_broker_loses_no_stored_instance(
             except AssertionError as late:
                 lost = set(sent.stored) - set(target.received())
                 folders = sorted({sent.stored[uid] for uid in lost})
-                raise AssertionError(f"{late}: {len(lost)} missing, of {folders}") from None
+                raise AssertionError(
+                    f"{late}: {len(lost)} missing, of {folders}\n{trace(stack, lost)}"
+                ) from None
             delivered_s = time.monotonic() - began
             assert len(outage) == 2, "the target outage happened"
 
@@ -331,7 +434,14 @@ def test_killing_services_and_the_broker_loses_no_stored_instance(
                 what="the archive to agree with the instances topic",
             )
             wait_for(lambda: not unfinished_jobs(log), timeout_s=60, what="every job to succeed")
+            wait_for(
+                lambda: not unfinished_processing(log),
+                timeout_s=60,
+                what="every processing job to finish",
+            )
             routed = Counter(success.job_id for success in log.of(DispatchSucceeded))
+            processed = Counter(step.job_id for step in log.of(ProcessingStepCompleted))
+            failed = [(failure.job_id, failure.reason) for failure in log.of(ProcessingFailed)]
         client.close()
 
     with capsys.disabled():
@@ -342,8 +452,10 @@ def test_killing_services_and_the_broker_loses_no_stored_instance(
             f"target, {duplicates} duplicate deliveries; "
             f"kills {dict(sorted(chaos.kills.items()))}; "
             f"target down {outage[1] - outage[0]:.0f} s; {sum(routed.values())} dispatches "
-            f"succeeded for {len(routed)} jobs; sending took {sending_s:.0f} s, all delivered "
+            f"succeeded for {len(routed)} jobs; {sum(processed.values())} module runs completed "
+            f"for {len(processed)} processing jobs; sending took {sending_s:.0f} s, all delivered "
             f"{delivered_s:.0f} s after the start"
         )
     assert set(sent.stored) == set(uids.values()), "every instance was acknowledged"
     assert set(chaos.kills) == {*SERVICES, BROKER}, "every victim was killed"
+    assert not failed, f"processing jobs failed: {failed}"

@@ -19,14 +19,23 @@ def save_as_dcmtk_file(ds: Dataset, path: Path) -> Path:
     return path
 
 
-def write_study(folder: Path, *, series: int, instances: int, rows: int = 64) -> list[Path]:
-    """One study of `series` x `instances` CT images as DCMTK files, in send order."""
+def write_study(
+    folder: Path, *, series: int, instances: int, rows: int = 64, modality: str = "CT"
+) -> list[Path]:
+    """One study of `series` x `instances` images (CT unless `modality` says otherwise) as
+    DCMTK files, in send order."""
     study_uid = new_uid()
     files = []
     for s in range(series):
         series_uid = new_uid()
         for i in range(instances):
-            ds = ct_instance(study_uid=study_uid, series_uid=series_uid, number=i + 1, rows=rows)
+            ds = ct_instance(
+                study_uid=study_uid,
+                series_uid=series_uid,
+                number=i + 1,
+                rows=rows,
+                Modality=modality,
+            )
             files.append(save_as_dcmtk_file(ds, folder / f"s{s}" / f"i{i:03d}.dcm"))
     return files
 

@@ -72,19 +72,23 @@ def _socket_accepts() -> bool:
     return True
 
 
+_started_engines: list[subprocess.Popen[bytes]] = []  # dockerd outlives the test that starts it
+
+
 def _start_dockerd() -> None:
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise RuntimeError("dockerd is not installed: run infra/install-system.sh")
     log = Path(tempfile.gettempdir()) / "talaria-dockerd.log"
     with log.open("ab") as output:
-        subprocess.Popen(
+        engine = subprocess.Popen(
             [dockerd],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
             start_new_session=True,
         )
+    _started_engines.append(engine)
 
 
 def _exists(client: docker.DockerClient, tag: str) -> bool:
