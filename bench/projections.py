@@ -327,14 +327,15 @@ def main() -> None:
             bench_kafka(args.kafka_series, folder)
         store = ClickHouse.open(
             ProjectionSettings(
-                clickhouse_url=f"chdb://{folder}", clickhouse_database="bench"
+                clickhouse_url=f"chdb://{folder}", clickhouse_database="fold_bench"
             ).clickhouse()
         )
-        store.migrate()
         if args.fold_events:
+            store.migrate()
             fill(store, args.fold_events // 8)
             store.command("DROP DATABASE {db}")
-            store.migrate()
+        store = store.with_database("bench")  # the 1M series a --skip-fill run reuses
+        store.migrate()
         if not args.skip_fill:
             bulk_fill(store, args.series)
         if args.optimize:
