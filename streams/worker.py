@@ -407,7 +407,7 @@ class Completions:
         """Drop what this worker knew about partitions it no longer owns."""
         partitions = set(partitions)
         for tp in [tp for tp in self._folded if tp.partition in partitions]:
-            del self._folded[tp]  # another worker may fold on: no gap to fill when it returns
+            del self._folded[tp]  # if it returns, the fold starts where the group committed
         for partition in partitions:
             self._targets.pop(partition, None)
             self._live.discard(partition)

@@ -70,7 +70,8 @@ from infra.catalogue import (
 from infra.kafka.broker import LocalBroker
 from infra.settings import LogSettings
 from infra.supervisor import read_states
-from infra.topics import CommandKind, Lane, Topic, command_topic, retry_topic
+from infra.topics import Topic
+from projections.projector import PROJECTED_TOPICS
 from tests.conftest import start_broker
 from tests.e2e.stack import Stack, logged_in, talaria_up
 from tests.executors.dispatch.conftest import storescp_command
@@ -249,22 +250,9 @@ def unfinished_processing(log: LogReader) -> set[str]:
     return started - {fact.job_id for fact in log.of(ProcessingStepCompleted)}
 
 
-TRACED_TOPICS = [
-    Topic.INSTANCES,
-    Topic.SERIES,
-    Topic.JOBS,
-    *(
-        command_topic(kind, lane)
-        for kind in (CommandKind.PROCESS, CommandKind.DISPATCH)
-        for lane in Lane
-    ),
-    retry_topic(CommandKind.DISPATCH),
-]
-
-
 def trace(stack: Stack, lost: set[str]) -> str:
     """Where each lost instance got to on the log, and the services' errors and warnings."""
-    with reading(LogSettings(kafka_bootstrap=stack.bootstrap), TRACED_TOPICS) as log:
+    with reading(LogSettings(kafka_bootstrap=stack.bootstrap), PROJECTED_TOPICS) as log:
         read = -1
         while read != len(log.seen):  # the topics are read to their end once nothing new comes
             read = len(log.seen)
