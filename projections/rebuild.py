@@ -21,6 +21,7 @@ from infra.settings import LogSettings
 from projections.errors import ProjectionError
 from projections.projector import Lag, Projector, broker_group, current_generation
 from projections.schema import PROJECTION_TABLES
+from projections.settings import PROJECTOR_BATCH
 from projections.store import ClickHouse
 
 log = structlog.get_logger(__name__)
@@ -45,7 +46,7 @@ def rebuild(
     store: ClickHouse,
     producer: EventProducer,
     progress: Progress | None = None,
-    batch: int = 5000,
+    batch: int = PROJECTOR_BATCH,
 ) -> RebuildReport:
     """Replay the whole log into fresh tables and swap them in for the live ones."""
     began = time.monotonic()

@@ -232,6 +232,22 @@ def many_series(count: int) -> list:  # type: ignore[type-arg]
     ]
 
 
+def test_the_lag_is_every_event_a_group_has_not_stored(
+    log_settings: LogSettings, producer: EventProducer
+) -> None:
+    events = many_series(5)
+    producer.publish_all(events)
+    lag = Lag(log_settings, group="never-consumed")
+    try:
+        ends = lag.ends()
+        assert len(ends) == len(lag.partitions())
+        assert {low for low, _high in ends.values()} == {0}
+        assert sum(high for _low, high in ends.values()) == len(events)
+        assert lag.behind() == len(events)
+    finally:
+        lag.close()
+
+
 def test_a_projector_killed_mid_batch_and_restarted_ends_with_the_same_tables(
     log_settings: LogSettings, producer: EventProducer, store: ClickHouse, tmp_path: Path
 ) -> None:
