@@ -232,6 +232,14 @@ def many_series(count: int) -> list:  # type: ignore[type-arg]
     ]
 
 
+def readable(lag: Lag) -> bool:
+    try:
+        lag.ends()
+    except LagUnknown:
+        return False
+    return True
+
+
 def test_the_lag_is_every_event_a_group_has_not_stored(
     log_settings: LogSettings, producer: EventProducer
 ) -> None:
@@ -239,6 +247,7 @@ def test_the_lag_is_every_event_a_group_has_not_stored(
     producer.publish_all(events)
     lag = Lag(log_settings, group="never-consumed")
     try:
+        wait_for(lambda: readable(lag), timeout_s=30, what="every partition has a leader")
         ends = lag.ends()
         assert len(ends) == len(lag.partitions())
         assert {low for low, _high in ends.values()} == {0}
