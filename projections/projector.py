@@ -19,7 +19,6 @@ import time
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import Counter, Gauge
 
 from infra.errors import TransientError
@@ -42,8 +41,6 @@ PROJECTED_TOPICS: tuple[Topic, ...] = tuple(
 EVENTS_PROJECTED = Counter("talaria_projector_events", "Events folded into the projections.")
 LAG = Gauge("talaria_projector_lag_events", "Events on the log the projector has not stored yet.")
 _LAG_EVERY_S = 10.0
-_EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 # While a series streams in, its events come one by one: gathering them for a second writes
 # them in one insert per table and fetches them at once, where a batch per arrival (or per
 # 0.2 s) costs the broker and this process (and the receiver beside them, on one host) more
@@ -77,7 +74,6 @@ class Lag:
 
     def __init__(self, settings: LogSettings, *, group: str) -> None:
         self._consumer = Consumer({**client_config(settings), "group.id": group})
-        self._admin = AdminClient(client_config(settings))
         self._names = [topic_name(t, prefix=settings.topic_prefix) for t in PROJECTED_TOPICS]
 
     def partitions(self) -> list[TopicPartition]:
@@ -90,27 +86,11 @@ class Lag:
         ]
 
     def ends(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """(low, high) watermark per (topic, partition).
-
-        Asked of the broker in one request per end for all partitions: one request per
-        partition (the consumer's watermark call) took about 0.8 s for the 104 projected
-        partitions, a pause the projector took every time it measured its lag."""
-        partitions = self.partitions()
-        if not partitions:
-            return {}
+        """(low, high) watermark per (topic, partition)."""
         try:
-            earliest = self._admin.list_offsets(
-                {tp: _EARLIEST for tp in partitions}, request_timeout=10
-            )
-            latest = self._admin.list_offsets(
-                {tp: _LATEST for tp in partitions}, request_timeout=10
-            )
             return {
-                (tp.topic, tp.partition): (
-                    earliest[tp].result().offset,
-                    latest[tp].result().offset,
-                )
-                for tp in partitions
+                (tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=10)
+                for tp in self.partitions()
             }
         except KafkaException as error:
             raise LagUnknown(f"cannot read the log's end offsets: {error}") from error
