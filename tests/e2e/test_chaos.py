@@ -55,6 +55,7 @@ import httpx
 import pytest
 import yaml
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from infra.catalogue import (
     DispatchSeries,
@@ -224,8 +225,8 @@ class Target:
             if path not in self._seen and path.is_file() and not path.name.startswith("."):
                 try:
                     self._seen[path] = dcmread(path, stop_before_pixels=True).SOPInstanceUID
-                except (OSError, ValueError, EOFError, AttributeError):
-                    continue  # being written
+                except (OSError, ValueError, EOFError, AttributeError, InvalidDicomError):
+                    continue  # being written: read again at the next look
         return Counter(self._seen.values())
 
 
