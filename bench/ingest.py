@@ -322,6 +322,9 @@ def measure(
 
 @contextmanager
 def kafka(work: Path) -> Iterator[str]:
+    # A fresh broker each run: every Talaria measurement makes its own topics, and a broker
+    # reloading thousands of old partitions took over a minute to start.
+    shutil.rmtree(work / "kafka", ignore_errors=True)
     layout = BrokerLayout(home=work / "kafka", port=free_port(), controller_port=free_port())
     broker = LocalBroker(layout, libs=fetch_jars(BrokerSettings().kafka_cache_dir))
     broker.start()
