@@ -92,7 +92,11 @@ _NUMBER_FORMATS: Final = {
     "SV": "q",
 }
 _BYTE_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_VR = re.compile(rb"[A-Z]{2}")
+_VRS: Final = {  # a VR is two upper-case letters; the dictionary spares decoding each one
+    bytes((first, second)): chr(first) + chr(second)
+    for first in range(ord("A"), ord("Z") + 1)
+    for second in range(ord("A"), ord("Z") + 1)
+}
 _TAG_TEXT = re.compile(r"\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?")
 
 Element = tuple[str, "bytes | list[Elements]"]  # VR and raw value, or a sequence's items
@@ -182,13 +186,27 @@ def read_header(dataset: bytes | memoryview, *, transfer_syntax_uid: str, last: 
     return Header(elements=elements, byte_order=byte_order, encodings=_encodings(elements))
 
 
+@dataclass(frozen=True)
+class _HeaderFormats:
+    """An element header in one byte order: tag, VR and 16-bit length; or a 32-bit length."""
+
+    explicit: struct.Struct
+    length: struct.Struct
+
+
+_FORMATS: Final = {
+    order: _HeaderFormats(struct.Struct(order + "HH2sH"), struct.Struct(order + "I"))
+    for order in "<>"
+}
+
+
 class _Walker:
     """Reads elements out of encoded bytes (PS3.5 §7.1, §7.5); every length is bounds-checked."""
 
     def __init__(self, data: bytes | memoryview, *, implicit: bool, byte_order: str) -> None:
         self._data = data
         self._implicit = implicit
-        self._order = byte_order
+        self._formats = _FORMATS[byte_order]
 
     def elements(
         self, position: int, end: int | None, *, last: int, depth: int
@@ -222,25 +240,23 @@ class _Walker:
 
     def _header(self, position: int) -> tuple[int, str, int, int]:
         """Tag, VR, value length and value offset of the element at `position`."""
-        data, order = self._data, self._order
+        data, formats = self._data, self._formats
         if position + 8 > len(data):
             raise CannotUnderstand("the data set ends inside an element header")
-        group, element = struct.unpack_from(order + "HH", data, position)
+        group, element, vr_bytes, short_length = formats.explicit.unpack_from(data, position)
         tag = group << 16 | element
         if group == 0xFFFE or self._implicit:
-            (length,) = struct.unpack_from(order + "I", data, position + 4)
+            (length,) = formats.length.unpack_from(data, position + 4)
             return tag, "" if group == 0xFFFE else _dictionary_vr(tag), length, position + 8
-        vr_bytes = bytes(data[position + 4 : position + 6])
-        if not _VR.fullmatch(vr_bytes):
+        vr = _VRS.get(vr_bytes)
+        if vr is None:
             raise CannotUnderstand(f"invalid VR {vr_bytes!r} at offset {position}")
-        vr = vr_bytes.decode("ascii")
         if vr in _LONG_VRS:
             if position + 12 > len(data):
                 raise CannotUnderstand("the data set ends inside an element header")
-            (length,) = struct.unpack_from(order + "I", data, position + 8)
+            (length,) = formats.length.unpack_from(data, position + 8)
             return tag, vr, length, position + 12
-        (length,) = struct.unpack_from(order + "H", data, position + 6)
-        return tag, vr, length, position + 8
+        return tag, vr, short_length, position + 8
 
     def _items(self, position: int, length: int, *, depth: int) -> tuple[list[Elements], int]:
         end = None if length == _UNDEFINED else position + length
@@ -313,7 +329,10 @@ def _nested_values(header: Header, elements: Elements, tag: int) -> Iterator[str
 
 
 def _text_of(header: Header, elements: Elements, tag: int) -> str:
-    vr, value = elements.get(tag, ("", b""))
+    element = elements.get(tag)
+    if element is None:
+        return ""
+    vr, value = element
     if isinstance(value, list):
         return ""
     if vr in _NUMBER_FORMATS:
@@ -325,6 +344,8 @@ def _text_of(header: Header, elements: Elements, tag: int) -> str:
     text = _decode(value, header.encodings).rstrip("\0 ")
     if vr in _UNSPLIT_VRS:
         return text
+    if "\\" not in text:
+        return text.strip(" \0")
     return "\\".join(part.strip(" \0") for part in text.split("\\"))
 
 

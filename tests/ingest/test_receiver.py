@@ -113,15 +113,23 @@ def test_compressed_instances_are_accepted_as_sent(
 def test_eight_concurrent_associations_all_arrive(
     settings: IngestSettings, receiver: RunningReceiver, tmp_path: Path
 ) -> None:
-    studies = [write_study(tmp_path / f"study{n}", series=1, instances=4) for n in range(8)]
+    # Half the studies have images large enough to be stored off the loop, half small ones.
+    studies = [
+        write_study(tmp_path / f"study{n}", series=1, instances=4, rows=256 if n % 2 else 64)
+        for n in range(8)
+    ]
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda files: storescu(settings, files), studies))
 
     assert all(result.returncode == 0 for result in results), [r.stderr for r in results]
     found = events(settings, expected=32 + 16)
-    assert len(received(found)) == 32
+    arrived = {event.sop_uid: event for event in received(found)}
+    assert len(arrived) == 32
     assert len(of_type(found, "AssociationReleased")) == 8
+    for path in (path for files in studies for path in files):
+        sent = path.read_bytes()
+        assert blob_of(settings, arrived[dcmread(path).SOPInstanceUID]) == sent
 
 
 def test_a_deflated_instance_is_kept_deflated(
