@@ -16,6 +16,8 @@ compressed ones only while `accept_compressed` is on.
 """
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -76,6 +78,13 @@ log = structlog.get_logger(__name__)
 _ACCEPTED_SERVICES = (StorageServiceClass, VerificationServiceClass)
 _MIN_ASSOCIATION_PDU = 65_536  # room for an A-ASSOCIATE-RQ whatever our max PDU is
 _POOLED_BLOB_BYTES = 65_536  # an image of 256x256 or more: see `Receiver.receive`
+# The hand-off channel between the acceptor and a worker (`ingest.workers`): a connection
+# comes with one of the first two bytes; the worker reports that it is ready to serve, and
+# each connection's end.
+HANDOFF_PLAIN = b"p"
+HANDOFF_TLS = b"t"
+HANDOFF_READY = b"r"
+HANDOFF_ENDED = b"e"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -389,16 +398,25 @@ class Receiver:
         self._pool = ThreadPoolExecutor(
             max_workers=settings.max_associations, thread_name_prefix="intake"
         )
+        self._handoffs: socket.socket | None = None
+        self._tls = tls_context(settings) if settings.tls_port is not None else None
 
-    async def start(self) -> None:
-        """Bind the ports; return once connections are accepted."""
+    async def start(self, handoffs: socket.socket | None = None) -> None:
+        """Bind the ports and return once connections are accepted; or, as one of several
+        worker processes, serve the connections the acceptor hands over on `handoffs` (see
+        `ingest.workers`) and report each one's end there."""
+        if handoffs is not None:
+            self._handoffs = handoffs
+            handoffs.setblocking(False)
+            asyncio.get_running_loop().add_reader(handoffs.fileno(), self._take_handoffs)
+            handoffs.send(HANDOFF_READY)
+            return
         self._servers.append(
             await asyncio.start_server(
                 self._connected,
                 self.settings.dicom_bind,
                 self.settings.dicom_port,
                 limit=self._buffer_limit,
-                reuse_port=self.settings.dicom_workers > 1,
             )
         )
         if self.settings.tls_port is not None:
@@ -408,8 +426,7 @@ class Receiver:
                     self.settings.dicom_bind,
                     self.settings.tls_port,
                     limit=self._buffer_limit,
-                    reuse_port=self.settings.dicom_workers > 1,
-                    ssl=tls_context(self.settings),
+                    ssl=self._tls,
                     ssl_handshake_timeout=self.settings.acse_timeout_s,
                 )
             )
@@ -428,6 +445,8 @@ class Receiver:
 
     async def stop(self) -> None:
         """Stop listening, end open associations, and wait for stores in progress."""
+        if self._handoffs is not None:
+            asyncio.get_running_loop().remove_reader(self._handoffs.fileno())
         for server in self._servers:
             server.close()
         for task in list(self._tasks):
@@ -471,6 +490,44 @@ class Receiver:
             await Association(self, reader, writer).run()
         finally:
             self._tasks.discard(task)
+
+    def _take_handoffs(self) -> None:
+        assert self._handoffs is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                kind, fds, _flags, _address = socket.recv_fds(self._handoffs, 1, 1)
+            except BlockingIOError:
+                return
+            if not fds:  # the acceptor is gone; the parent-death signal stops this process
+                loop.remove_reader(self._handoffs.fileno())
+                return
+            connection = socket.socket(fileno=fds[0])
+            task = loop.create_task(self._serve_handed_over(connection, tls=kind == HANDOFF_TLS))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve_handed_over(self, connection: socket.socket, *, tls: bool) -> None:
+        """Serve a connection the acceptor accepted, as `asyncio.start_server` would have."""
+        assert self._handoffs is not None
+        loop = asyncio.get_running_loop()
+        try:
+            reader = asyncio.StreamReader(limit=self._buffer_limit)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                connection,
+                ssl=self._tls if tls else None,
+                ssl_handshake_timeout=self.settings.acse_timeout_s if tls else None,
+            )
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            await Association(self, reader, writer).run()
+        except (OSError, ssl.SSLError, TimeoutError) as error:
+            connection.close()
+            log.info("connection lost before its association", error=repr(error))
+        finally:
+            with contextlib.suppress(OSError):  # else the acceptor is gone: nobody counts
+                self._handoffs.send(HANDOFF_ENDED)
 
 
 def _on_loop(future: "Future[None]") -> "asyncio.Future[None]":

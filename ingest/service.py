@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,13 +59,27 @@ def open_outbox(settings: IngestSettings, *, producer: EventProducer, blobs: Blo
     )
 
 
-async def serve(settings: IngestSettings, *, stop: asyncio.Event) -> None:
-    """Run the DICOM receiver (and /metrics) until `stop` is set."""
+async def serve_until_signalled(
+    settings: IngestSettings, *, handoffs: socket.socket | None = None
+) -> None:
+    """`serve` until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await serve(settings, stop=stop, handoffs=handoffs)
+
+
+async def serve(
+    settings: IngestSettings, *, stop: asyncio.Event, handoffs: socket.socket | None = None
+) -> None:
+    """Run the DICOM receiver (and /metrics) until `stop` is set; on its own ports, or on
+    the connections handed over on `handoffs` (see `Receiver.start`)."""
     with open_intake(settings) as intake:
         if settings.metrics_port is not None:
             start_http_server(settings.metrics_port, addr=settings.metrics_bind)
         receiver = Receiver(settings, intake)
-        await receiver.start()
+        await receiver.start(handoffs)
         heartbeat = Heartbeat(settings, intake.producer, service="receiver").start()
         try:
             await stop.wait()

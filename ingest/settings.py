@@ -29,8 +29,9 @@ class IngestSettings(LogSettings, BlobSettings):
         default=1,
         ge=1,
         le=64,
-        description="Receiver processes sharing the DICOM port (SO_REUSEPORT): more use more "
-        "cores for concurrent senders. Each has its own journal, /metrics port "
+        description="Receiver processes behind the DICOM ports: more use more cores for "
+        "concurrent senders. The parent process accepts each connection and hands it to the "
+        "worker serving the fewest. Each has its own journal, /metrics port "
         "(metrics_port + its number) and association limit.",
     )
     max_associations: int = Field(default=32, ge=1, le=1024, description="Per worker.")

@@ -1,7 +1,10 @@
 """Fixtures for intake tests: a receiver on a real broker and blob folder, DCMTK as the sender."""
 
 import asyncio
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +22,7 @@ from ingest.scp import Receiver
 from ingest.service import open_intake
 from ingest.settings import IngestSettings
 from tests.conftest import settings_for
-from tests.support import free_port
+from tests.support import free_port, wait_until_listening
 
 STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
@@ -91,6 +94,26 @@ def receiving(settings: IngestSettings) -> Iterator[RunningReceiver]:
         yield running
 
 
+@contextmanager
+def receiving_in_workers(settings: IngestSettings, workers: int, **env: str) -> Iterator[int]:
+    """`talaria ingest run` with `workers` worker processes (and `env` on top of `settings`),
+    listening; yields the first worker's /metrics port. Stopped at exit, and it must stop
+    cleanly."""
+    metrics_port = free_port()
+    env = talaria_env(settings) | {
+        "TALARIA_DICOM_WORKERS": str(workers),
+        "TALARIA_METRICS_PORT": str(metrics_port),
+        **env,
+    }
+    process = subprocess.Popen([*INGEST, "run"], env=env)
+    try:
+        wait_until_listening(settings.dicom_port, process, timeout_s=60)
+        yield metrics_port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+
+
 @pytest.fixture
 def receiver(settings: IngestSettings) -> Iterator[RunningReceiver]:
     with receiving(settings) as running:
@@ -152,3 +175,25 @@ def received(found: list[Envelope]) -> list[InstanceReceived]:
 
 def of_type(found: list[Envelope], type_name: str) -> list[Envelope]:
     return [e for e in found if e.type == type_name]
+
+
+def talaria_env(settings: IngestSettings) -> dict[str, str]:
+    """The environment that gives `talaria ingest` these settings (its TLS ones included)."""
+    env = {
+        **os.environ,
+        "TALARIA_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TALARIA_TOPIC_PREFIX": settings.topic_prefix,
+        "TALARIA_BLOB_DIR": str(settings.blob_dir),
+        "TALARIA_BLOB_MIN_FREE_BYTES": "0",
+        "TALARIA_DICOM_PORT": str(settings.dicom_port),
+    }
+    tls = {
+        "TALARIA_TLS_PORT": settings.tls_port,
+        "TALARIA_TLS_CERT": settings.tls_cert,
+        "TALARIA_TLS_KEY": settings.tls_key,
+        "TALARIA_TLS_CA": settings.tls_ca,
+    }
+    return env | {name: str(value) for name, value in tls.items() if value is not None}
+
+
+INGEST = [sys.executable, "-m", "ingest"]  # `talaria ingest`, without the rest of the CLI

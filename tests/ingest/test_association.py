@@ -21,6 +21,7 @@ from tests.ingest.conftest import (
     ingest_settings_for,
     received,
     receiving,
+    receiving_in_workers,
     storescu,
 )
 from tests.ingest.dicom_files import write_study
@@ -105,9 +106,11 @@ def make_certificate(folder: Path, name: str) -> tuple[Path, Path]:
     return key, cert
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_dicom_tls_on_its_own_port_with_client_certificates(
-    kafka_broker: LocalBroker, tmp_path: Path
+    kafka_broker: LocalBroker, tmp_path: Path, workers: int
 ) -> None:
+    """In one process, and behind the acceptor that hands connections to worker processes."""
     server_key, server_cert = make_certificate(tmp_path, "talaria")
     client_key, client_cert = make_certificate(tmp_path, "scanner")
     settings = ingest_settings_for(
@@ -120,7 +123,8 @@ def test_dicom_tls_on_its_own_port_with_client_certificates(
     )
     files = write_study(tmp_path / "study", series=1, instances=2)
     tls = ("+tls", str(client_key), str(client_cert), "+cf", str(server_cert))
-    with receiving(settings):
+    serving = receiving(settings) if workers == 1 else receiving_in_workers(settings, workers)
+    with serving:
         assert settings.tls_port is not None
         result = storescu(settings, files, *tls, port=settings.tls_port)
         anonymous = echo(settings, "+tla", "+cf", str(server_cert), port=settings.tls_port)

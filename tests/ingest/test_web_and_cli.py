@@ -2,10 +2,8 @@
 all ending in the same blob store and on the same log as a C-STORE."""
 
 import io
-import os
 import signal
 import subprocess
-import sys
 import threading
 import uuid
 import zipfile
@@ -22,7 +20,15 @@ from infra.catalogue import InstanceReceived
 from ingest.service import open_intake
 from ingest.settings import IngestSettings
 from ingest.web import intake_router
-from tests.ingest.conftest import STORESCU, events, received, storescu
+from tests.ingest.conftest import (
+    INGEST,
+    STORESCU,
+    events,
+    received,
+    receiving_in_workers,
+    storescu,
+    talaria_env,
+)
 from tests.ingest.dicom_files import write_study
 from tests.support import free_port, wait_for
 
@@ -128,20 +134,6 @@ def test_stow_rs_wants_multipart_related(client: httpx.Client) -> None:
     assert response.status_code == 415
 
 
-def talaria_env(settings: IngestSettings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "TALARIA_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "TALARIA_TOPIC_PREFIX": settings.topic_prefix,
-        "TALARIA_BLOB_DIR": str(settings.blob_dir),
-        "TALARIA_BLOB_MIN_FREE_BYTES": "0",
-        "TALARIA_DICOM_PORT": str(settings.dicom_port),
-    }
-
-
-INGEST = [sys.executable, "-m", "ingest"]  # `talaria ingest`, without the rest of the CLI
-
-
 def test_a_folder_is_imported_and_its_strays_are_counted(
     settings: IngestSettings, tmp_path: Path
 ) -> None:
@@ -190,38 +182,36 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_several_receiver_workers_share_the_port_each_with_its_journal(
+def test_receiver_workers_share_the_port_evenly_each_with_its_journal(
     settings: IngestSettings, tmp_path: Path
 ) -> None:
-    metrics_port = free_port()
-    env = talaria_env(settings) | {
-        "TALARIA_DICOM_WORKERS": "2",
-        "TALARIA_METRICS_PORT": str(metrics_port),
-        "TALARIA_ACK_AFTER": "journal",
-        "TALARIA_JOURNAL_DIR": str(settings.journal_root),
-    }
-    process = subprocess.Popen([*INGEST, "run"], env=env)
-    try:
-        for port in (metrics_port, metrics_port + 1):
-            url = f"http://127.0.0.1:{port}/metrics"
-            wait_for(lambda url=url: _answers(url), timeout_s=60, what="each worker's /metrics")
-        files = write_study(tmp_path / "study", series=1, instances=16)
-        senders = [  # one association per file: the kernel spreads them over the workers
+    journal = settings.journal_root
+    env = {"TALARIA_ACK_AFTER": "journal", "TALARIA_JOURNAL_DIR": str(journal)}
+    with receiving_in_workers(settings, 2, **env) as metrics_port:
+        # The port is bound only once both workers are ready, their /metrics served.
+        assert _answers(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert _answers(f"http://127.0.0.1:{metrics_port + 1}/metrics")
+        # Six associations at once, each long enough to overlap the others: three per worker,
+        # where a hash of the peer addresses (SO_REUSEPORT) splits them 3/3 in 20 of 64 cases.
+        studies = [write_study(tmp_path / f"s{n}", series=1, instances=30) for n in range(6)]
+        senders = [
             subprocess.Popen(
-                [STORESCU, "-aec", settings.ae_title, "127.0.0.1", str(settings.dicom_port), path],
+                [STORESCU, "-aec", settings.ae_title, "127.0.0.1", str(settings.dicom_port)]
+                + [str(path) for path in files],
                 env={"TCP_NODELAY": "1"},
             )
-            for path in map(str, files)
+            for files in studies
         ]
-        assert [sender.wait(timeout=120) for sender in senders] == [0] * len(files)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    found = events(settings, expected=len(files), kind="InstanceReceived")
+        assert [sender.wait(timeout=120) for sender in senders] == [0] * len(studies)
+    sent = [path for files in studies for path in files]
+    found = events(settings, expected=len(sent), kind="InstanceReceived")
     arrived = received(found)
-    assert sorted(e.sop_uid for e in arrived) == sorted(map(sop_uid, files))
-    assert len({e.source for e in found if isinstance(e.payload, InstanceReceived)}) == 2
-    journal = settings.journal_root
+    assert sorted(e.sop_uid for e in arrived) == sorted(map(sop_uid, sent))
+    associations_by_worker: dict[str, set[int]] = {}
+    for event in found:
+        if isinstance(event.payload, InstanceReceived):
+            associations_by_worker.setdefault(event.source, set()).add(event.payload.peer_port)
+    assert sorted(map(len, associations_by_worker.values())) == [3, 3]
     assert (journal / "events.journal").exists()
     assert (journal.with_name(f"{journal.name}.1") / "events.journal").exists()
 
