@@ -522,7 +522,7 @@ class Receiver:
             )
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             await Association(self, reader, writer).run()
-        except (OSError, ssl.SSLError, TimeoutError) as error:
+        except OSError as error:  # SSL errors and handshake time-outs included
             connection.close()
             log.info("connection lost before its association", error=repr(error))
         finally:
