@@ -7,11 +7,16 @@ stores what it gets: Talaria into its blob folder with an event per instance on 
 single-node Kafka broker started by this script (`talaria`: answered once the blob is fsynced
 and the broker acknowledged the event, the default; `talaria-journal`: once the blob and the
 event in the intake journal are fsynced), with one receiver process per core
-(`TALARIA_DICOM_WORKERS`), Orthanc 1.10 (Debian) with its default fsync per file, storescp
-writing files (no fsync).
+(`TALARIA_DICOM_WORKERS`), Orthanc 1.10 (Debian) with its default fdatasync of each stored
+file, storescp writing files (no fsync).
 The broker is warmed up before the first measurement (see `warm_up`).
 Elapsed is storescu's wall time, from association request to release; peak RSS is VmHWM of the
 receiver's processes (Kafka not counted).
+
+Where the time goes: CPU per instance over the send, for the whole machine (every core's busy
+time from /proc/stat: receiver, broker, the storescu senders and kernel threads together), the
+receiver's processes, and for Talaria the broker (its JVM). On a 2-core machine a receiver
+faster than another with several senders is one that spends less machine CPU per instance.
 
 Data (generated once with pydicom, cached in --work): `ct` = 2 series x 250 CT images
 512x512 16-bit (~526 kB each), `small` = 4 series x 250 images 64x64 (~10 kB each).
@@ -73,6 +78,9 @@ class Result:
     elapsed_s: float
     delivered: int
     peak_rss_mb: float
+    machine_cpu_ms: float
+    receiver_cpu_ms: float
+    broker_cpu_ms: float
 
     @property
     def per_second(self) -> float:
@@ -141,6 +149,15 @@ class Receiver:
         assert self.process is not None
         return sum(vm_hwm_kb(pid) for pid in process_tree(self.process.pid)) / 1024
 
+    def cpu_s(self) -> float:
+        """CPU time used so far by the receiver's processes."""
+        assert self.process is not None
+        return sum(process_cpu_s(pid) for pid in process_tree(self.process.pid))
+
+    def broker_cpu_s(self) -> float:
+        """CPU time used so far by the broker the receiver publishes to (Talaria's)."""
+        return 0.0
+
     def stop(self) -> None:
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -196,9 +213,10 @@ class Talaria(Receiver):
     aet = "TALARIA"
     ack_after = "broker"
 
-    def __init__(self, work: Path, bootstrap: str) -> None:
+    def __init__(self, work: Path, broker: LocalBroker) -> None:
         super().__init__(work)
-        self.bootstrap = bootstrap
+        self.broker = broker
+        self.bootstrap = broker.layout.bootstrap
         self.prefix = ""
 
     def start(self) -> None:
@@ -206,6 +224,11 @@ class Talaria(Receiver):
         shutil.rmtree(self.journal.parent, ignore_errors=True)
         ensure_topics(LogSettings(kafka_bootstrap=self.bootstrap, topic_prefix=self.prefix))
         super().start()
+
+    def broker_cpu_s(self) -> float:
+        pid = self.broker.pid()
+        assert pid is not None, "the broker stopped during the run"
+        return process_cpu_s(pid)
 
     @property
     def journal(self) -> Path:
@@ -260,6 +283,27 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU time of `pid` (all its threads) and of the children it reaped
+    (storescp's forked association handlers); 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return sum(int(ticks) for ticks in fields[11:15]) / _CLOCK_TICKS
+
+
+def machine_busy_s() -> float:
+    """CPU time all cores spent running anything (user, nice, system, irq, softirq) since boot."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = ticks[:7]
+    return (user + nice + system + irq + softirq) / _CLOCK_TICKS
+
+
 def vm_hwm_kb(pid: int) -> int:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -299,11 +343,16 @@ def measure(
 ) -> Result:
     receiver.start()
     try:
+        machine, own, broker = machine_busy_s(), receiver.cpu_s(), receiver.broker_cpu_s()
         elapsed = send(receiver, files, senders)
+        machine = machine_busy_s() - machine
+        own = receiver.cpu_s() - own
+        broker = receiver.broker_cpu_s() - broker
         time.sleep(0.2)
         rss = receiver.peak_rss_mb()
     finally:
         receiver.stop()
+    per_instance_ms = 1000 / len(files)
     return Result(
         receiver=receiver.name,
         dataset=dataset,
@@ -314,6 +363,9 @@ def measure(
         elapsed_s=elapsed,
         delivered=receiver.delivered(),
         peak_rss_mb=rss,
+        machine_cpu_ms=machine * per_instance_ms,
+        receiver_cpu_ms=own * per_instance_ms,
+        broker_cpu_ms=broker * per_instance_ms,
     )
 
 
@@ -321,7 +373,7 @@ def measure(
 
 
 @contextmanager
-def kafka(work: Path) -> Iterator[str]:
+def kafka(work: Path) -> Iterator[LocalBroker]:
     # A fresh broker each run: every Talaria measurement makes its own topics, and a broker
     # reloading thousands of old partitions took over a minute to start.
     shutil.rmtree(work / "kafka", ignore_errors=True)
@@ -330,7 +382,7 @@ def kafka(work: Path) -> Iterator[str]:
     broker.start()
     try:
         warm_up(layout.bootstrap)
-        yield layout.bootstrap
+        yield broker
     finally:
         broker.stop()
 
@@ -365,10 +417,10 @@ def run(args: argparse.Namespace) -> list[Result]:
     work = Path(args.work).resolve()
     data = {name: make_dataset(work / "data" / name, **DATASETS[name]) for name in args.datasets}
     results: list[Result] = []
-    with kafka(work) as bootstrap:
+    with kafka(work) as broker:
         available: dict[str, Receiver] = {
-            "talaria": Talaria(work, bootstrap),
-            "talaria-journal": TalariaJournal(work, bootstrap),
+            "talaria": Talaria(work, broker),
+            "talaria-journal": TalariaJournal(work, broker),
             "orthanc": Orthanc(work),
             "storescp": Storescp(work),
         }
@@ -387,11 +439,11 @@ def run(args: argparse.Namespace) -> list[Result]:
 
 
 def report(results: list[Result]) -> str:
-    """Median instances/s and MB/s per receiver, with Talaria's ratios to the others."""
+    """Median instances/s, MB/s and CPU per instance per receiver, with Talaria's ratios."""
     rows = [
-        "| data set | senders | receiver | inst/s | MB/s | peak RSS MB | delivered | "
-        "Talaria / this |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data set | senders | receiver | inst/s | MB/s | CPU ms/inst: machine, receiver, "
+        "broker | peak RSS MB | delivered | Talaria / this |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     cells = sorted({(r.dataset, r.senders) for r in results})
     for dataset, senders in cells:
@@ -403,9 +455,13 @@ def report(results: list[Result]) -> str:
         for name, rate in medians.items():
             mine = [r for r in group if r.receiver == name]
             megabytes = rate * mine[0].megabytes / mine[0].count
+            cpu = ", ".join(
+                f"{statistics.median(getattr(r, part) for r in mine):.2f}"
+                for part in ("machine_cpu_ms", "receiver_cpu_ms", "broker_cpu_ms")
+            )
             ratio = medians.get("talaria", 0) / rate
             rows.append(
-                f"| {dataset} | {senders} | {name} | {rate:.0f} | {megabytes:.1f} | "
+                f"| {dataset} | {senders} | {name} | {rate:.0f} | {megabytes:.1f} | {cpu} | "
                 f"{max(r.peak_rss_mb for r in mine):.0f} | "
                 f"{min(r.delivered for r in mine)}/{mine[0].count} | {ratio:.2f} |"
             )
