@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test chaos lint system install
+.PHONY: up test chaos lint system install images
 
 up: system install
 	$(BIN)/talaria up
@@ -11,11 +11,11 @@ up: system install
 PYTEST := bash infra/isolated.sh $(BIN)/pytest -p no:cacheprovider -q -rs
 
 # The suite, then the chaos test on its own (it kills services and the broker under load).
-test: system install lint
+test: system install lint images
 	$(PYTEST) --durations=15 -m 'not chaos'
 	$(PYTEST) -m chaos
 
-chaos: system install
+chaos: system install images
 	$(PYTEST) -m chaos
 
 lint: install
@@ -25,6 +25,11 @@ lint: install
 
 system:
 	bash infra/install-system.sh
+
+# The processing tests' module images, built before the suite's network namespace: debootstrap
+# needs the Debian mirror.
+images: system install
+	$(BIN)/python -m tests.executors.images
 
 install: $(VENV)/.installed
 

@@ -6,6 +6,10 @@
   mirror apt is configured with, imported once per machine (about 70 s).
 - `tag_module_image`: the Python base with the venv's pydicom copied in and `tag_module.py`.
 
+`python -m tests.executors.images` builds them all ahead of a run: `make test` does so before
+the suite enters its private network namespace (`infra/isolated.sh`), where the mirror is out
+of reach.
+
 `docker_client` starts `dockerd` when the local socket does not answer; if Docker cannot run,
 it raises, so Docker tests fail instead of being skipped.
 """
@@ -172,19 +176,27 @@ def python_base_image(client: docker.DockerClient) -> str:
         return tag
     with tempfile.TemporaryDirectory(prefix="talaria-rootfs-") as work:
         root = Path(work) / "rootfs"
-        subprocess.run(
+        mirror = debian_mirror()
+        built = subprocess.run(
             [
                 "debootstrap",
                 "--variant=minbase",
                 f"--include={DEBOOTSTRAP_PACKAGES}",
                 BOOKWORM,
                 str(root),
-                debian_mirror(),
+                mirror,
             ],
-            check=True,
+            check=False,
             stdin=subprocess.DEVNULL,
             capture_output=True,
+            text=True,
         )
+        if built.returncode != 0:
+            raise RuntimeError(
+                f"debootstrap from {mirror} failed (exit {built.returncode}); build the test "
+                "images where the mirror is reachable (`python -m tests.executors.images`, "
+                f"as make test does): {(built.stdout + built.stderr)[-1500:]}"
+            )
         for clutter in ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man"):
             shutil.rmtree(root / clutter, ignore_errors=True)
         archive = Path(work) / "rootfs.tar"
