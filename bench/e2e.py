@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from bench.dispatch import DCMTK_ENV, ORTHANC, STORESCU, target
-from bench.ingest import make_dataset
+from bench.ingest import make_dataset, process_cpu_s
 from infra.catalogue import (
     DispatchSeries,
     DispatchStarted,
@@ -64,7 +64,6 @@ HOPS: tuple[tuple[str, type[Payload]], ...] = (
     ("DispatchStarted", DispatchStarted),
     ("DispatchSucceeded", DispatchSucceeded),
 )
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -102,14 +101,10 @@ def processes(root: int) -> dict[int, str]:
 
 
 def cpu_seconds(family: dict[int, str]) -> dict[str, float]:
-    """CPU seconds (user + system) each named process has used so far."""
+    """CPU seconds (see `process_cpu_s`) each named process has used so far."""
     used: dict[str, float] = {}
     for pid, name in family.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+        used[name] = used.get(name, 0.0) + process_cpu_s(pid)
     return used
 
 

@@ -216,8 +216,11 @@ class Talaria(Receiver):
     def __init__(self, work: Path, broker: LocalBroker) -> None:
         super().__init__(work)
         self.broker = broker
-        self.bootstrap = broker.layout.bootstrap
         self.prefix = ""
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.layout.bootstrap
 
     def start(self) -> None:
         self.prefix = f"b{uuid.uuid4().hex[:8]}."
@@ -291,7 +294,7 @@ def process_cpu_s(pid: int) -> float:
     (storescp's forked association handlers); 0 once it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except OSError:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
     return sum(int(ticks) for ticks in fields[11:15]) / _CLOCK_TICKS
