@@ -9,7 +9,8 @@ and the broker acknowledged the event, the default; `talaria-journal`: once the 
 event in the intake journal are fsynced), with one receiver process per core
 (`TALARIA_DICOM_WORKERS`), Orthanc 1.10 (Debian) with its default fdatasync of each stored
 file, storescp writing files (no fsync).
-The broker is warmed up before the first measurement (see `warm_up`).
+The broker runs as `talaria kafka start` runs it and is warmed up with Talaria's own traffic
+before the first measurement (see `warm_up`).
 Elapsed is storescu's wall time, from association request to release; peak RSS is VmHWM of the
 receiver's processes (Kafka not counted).
 
@@ -43,17 +44,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.dicom_data import ct_instance, new_uid
 from infra.admin import ensure_topics
-from infra.catalogue import AssociationAccepted
-from infra.events import Envelope
 from infra.kafka.broker import BrokerLayout, LocalBroker, fetch_jars
-from infra.log import EventProducer
 from infra.settings import BrokerSettings, LogSettings
 
 STORESCU = "/usr/bin/storescu"
@@ -377,36 +374,49 @@ def measure(
 
 @contextmanager
 def kafka(work: Path) -> Iterator[LocalBroker]:
+    """A broker as `talaria kafka start` runs one (JIT with C2, see `LocalBroker`)."""
     # A fresh broker each run: every Talaria measurement makes its own topics, and a broker
     # reloading thousands of old partitions took over a minute to start.
     shutil.rmtree(work / "kafka", ignore_errors=True)
     layout = BrokerLayout(home=work / "kafka", port=free_port(), controller_port=free_port())
-    broker = LocalBroker(layout, libs=fetch_jars(BrokerSettings().kafka_cache_dir))
+    broker = LocalBroker(
+        layout, libs=fetch_jars(BrokerSettings().kafka_cache_dir), optimizing_jit=True
+    )
     broker.start()
     try:
-        warm_up(layout.bootstrap)
         yield broker
     finally:
         broker.stop()
 
 
-def warm_up(bootstrap: str, *, events: int = 24_000, publishers: int = 4) -> None:
-    """Publish `events` one per request, as the receiver does, so that the broker's JVM has
-    compiled its produce path before the first measurement, as a running installation's has.
-    A fresh broker needs about 20 000 requests for that: it spent 3 ms of CPU per request over
-    the first 2 000, 1 ms up to 14 000 and 0.2 ms after 20 000 (the round trip went from 2.9 to
-    0.4 ms), so unwarmed, the whole run measured the broker's JIT compiler more than Talaria."""
-    settings = LogSettings(kafka_bootstrap=bootstrap, topic_prefix="warm-up.")
-    ensure_topics(settings)
-    fact = AssociationAccepted(
-        calling_aet="BENCH", called_aet="TALARIA", peer_address="", peer_port=0, association_id=""
-    )
-    envelope = Envelope(payload=fact, source="bench", subject="BENCH")
-    with (
-        EventProducer(settings, client_id="bench-warm-up") as producer,
-        ThreadPoolExecutor(max_workers=publishers) as pool,
-    ):
-        list(pool.map(lambda _: producer.publish(envelope), range(events)))
+WARM_UP_SENDS = (12, 40)  # at least, at most
+WARM_UP_WINDOW = 4  # sends per mean compared
+
+
+def warm_up(broker: LocalBroker, work: Path, files: list[Path]) -> list[float]:
+    """Send `files` through a Talaria receiver until the broker's CPU per instance stops
+    falling, so that its JVM has compiled the produce path before the first measurement, as
+    a running installation's has; return the broker's CPU ms per instance of each send.
+    Unwarmed, the run measured the JIT compiler more than Talaria: over 10 kB instances from 4
+    senders, a fresh broker spent 0.8 ms of CPU per instance at first and 0.22 ms once C2 had
+    compiled, which took some 10 000-20 000 instances."""
+    receiver = Talaria(work, broker)
+    receiver.start()
+    costs: list[float] = []
+    try:
+        while len(costs) < WARM_UP_SENDS[1]:
+            before = receiver.broker_cpu_s()
+            send(receiver, files, senders=4)
+            costs.append((receiver.broker_cpu_s() - before) * 1000 / len(files))
+            print(f"broker warm-up: {costs[-1]:.2f} ms CPU/instance", file=sys.stderr, flush=True)
+            recent, earlier = costs[-WARM_UP_WINDOW:], costs[-2 * WARM_UP_WINDOW : -WARM_UP_WINDOW]
+            if len(costs) >= WARM_UP_SENDS[0] and statistics.mean(recent) > 0.9 * statistics.mean(
+                earlier
+            ):
+                break
+    finally:
+        receiver.stop()
+    return costs
 
 
 def free_port() -> int:
@@ -421,6 +431,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     data = {name: make_dataset(work / "data" / name, **DATASETS[name]) for name in args.datasets}
     results: list[Result] = []
     with kafka(work) as broker:
+        warm_up(broker, work, data["small"] if "small" in data else next(iter(data.values())))
         available: dict[str, Receiver] = {
             "talaria": Talaria(work, broker),
             "talaria-journal": TalariaJournal(work, broker),

@@ -26,7 +26,10 @@ def local_broker(settings: BrokerSettings) -> LocalBroker:
         controller_port=settings.kafka_controller_port,
     )
     return LocalBroker(
-        layout, libs=fetch_jars(settings.kafka_cache_dir), heap_mb=settings.kafka_heap_mb
+        layout,
+        libs=fetch_jars(settings.kafka_cache_dir),
+        heap_mb=settings.kafka_heap_mb,
+        optimizing_jit=settings.kafka_optimizing_jit,
     )
 
 

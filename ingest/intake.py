@@ -21,6 +21,7 @@ from infra.blobstore import (
     InsufficientSpace,
     InvalidKey,
     InvalidUID,
+    StagedBlob,
     instance_key,
     validate_uid,
 )
@@ -123,9 +124,10 @@ class Intake:
         return acceptance.finish()
 
     def begin(self, arrival: Arrival, origin: Origin) -> "Acceptance":
-        """The first step of `receive`, which never waits: read the tags and start publishing
-        the event. The C-STORE path runs the steps itself, to wait for the broker and the disk
-        without a thread in between."""
+        """The first step of `receive`, which never waits for the disk or the broker: read the
+        tags, write the bytes (not yet durable) and start publishing the event. The C-STORE
+        path runs the steps itself, to wait for the broker and the disk without a thread in
+        between."""
         with self.refusals(sop_uid=arrival.meta.sop_instance_uid, origin=origin):
             snapshot = _snapshot(arrival, self._reader)
             self.outbox.admit()
@@ -134,19 +136,29 @@ class Intake:
                 series_uid=snapshot.series_uid,
                 sop_uid=snapshot.sop_uid,
             )
-            with _refusing_blob_errors():
-                self.blobs.check_free_space(len(arrival.file))
             blob = BlobReference(
                 key=key.path,
                 size=len(arrival.file),
                 sha256=hashlib.sha256(arrival.file).hexdigest(),
             )
             received = _instance_received(snapshot, blob=blob, meta=arrival.meta, origin=origin)
-            pending = self.outbox.begin(
-                Envelope(payload=received, source=self._source, subject=received.sop_uid)
-            )
+            with _refusing_blob_errors():
+                staged = self.blobs.stage(key, arrival.file)
+            try:
+                pending = self.outbox.begin(
+                    Envelope(payload=received, source=self._source, subject=received.sop_uid)
+                )
+            except BaseException:
+                staged.discard()
+                raise
         return Acceptance(
-            intake=self, arrival=arrival, origin=origin, key=key, received=received, pending=pending
+            intake=self,
+            arrival=arrival,
+            origin=origin,
+            key=key,
+            received=received,
+            staged=staged,
+            pending=pending,
         )
 
     @contextmanager
@@ -200,10 +212,11 @@ class Intake:
 
 
 class Acceptance:
-    """One instance on its way in, started by `Intake.begin` (tags read, blob reference made,
-    event handed to the outbox) and completed by `store` (the blob made durable: waits for
-    the disk) and `finish` (once `settled` is done it does not wait). The event is published
-    before the blob is written so that the broker's round trip overlaps the whole write."""
+    """One instance on its way in, started by `Intake.begin` (tags read, bytes written, event
+    handed to the outbox) and completed by `store` (the blob made durable: waits for the
+    disk) and `finish` (once `settled` is done it does not wait). The event is published
+    once the bytes are written, so a reader given its key finds them all, and before they
+    are made durable, so that the broker's round trip overlaps the disk flush."""
 
     def __init__(
         self,
@@ -213,6 +226,7 @@ class Acceptance:
         origin: Origin,
         key: BlobKey,
         received: InstanceReceived,
+        staged: StagedBlob,
         pending: Pending,
     ) -> None:
         self._intake = intake
@@ -220,8 +234,8 @@ class Acceptance:
         self._origin = origin
         self._key = key
         self.received = received
+        self._staged = staged
         self._pending = pending
-        self._existed = False
 
     @property
     def settled(self) -> "Future[None]":
@@ -233,9 +247,7 @@ class Acceptance:
         with self._refusals():
             try:
                 with _refusing_blob_errors():
-                    staged = self._intake.blobs.stage(self._key, self._arrival.file)
-                    self._existed = staged.replaces
-                    staged.commit()
+                    self._staged.commit()
             except Refused:
                 self._intake.outbox.abandon(self._pending)
                 raise
@@ -247,7 +259,8 @@ class Acceptance:
             try:
                 self._intake.outbox.commit(self._pending)
             except OutOfResources:
-                if not self._existed:  # an earlier, acknowledged copy stays: its event names it
+                # An earlier, acknowledged copy stays: its event names it.
+                if not self._staged.replaces:
                     self._remove()
                 raise
         metrics.INSTANCES.labels(self._origin.intake).inc()

@@ -2,18 +2,18 @@
 that an instance is answered 0x0000 only once its bytes are durable and its event will reach
 the log.
 
-- `BrokerOutbox` publishes before the blob is written and waits for the broker's
-  acknowledgement after the blob was made durable: the broker round trip and the blob write
-  overlap instead of adding up (together they were about 90 % of a C-STORE's time). If the
-  blob then cannot be made durable (a full or failing disk), the instance is refused but its
-  event may already be on the log, naming a blob that is not there: consumers treat it as
-  any missing blob, and the sender's retry logs the instance again.
-- `Journal` appends the event to a local append-only file while the blob is written, fsyncs it
-  (one fsync for all instances arriving together: group commit), and answers; a forwarder
-  thread publishes journaled events in batches and records how far it got. After a crash the
-  entries past that point are published again once their blobs are found intact, so an event
-  may reach the log twice with the same `event_id` (consumers dedupe on it). When the broker
-  has not taken an event for `publish_timeout_s`, the journal refuses new instances
+- `BrokerOutbox` publishes once the blob's bytes are written, before they are made durable,
+  and waits for the broker's acknowledgement after they were: the broker round trip and the
+  disk flush overlap instead of adding up (together they were about 90 % of a C-STORE's
+  time). If the blob then cannot be made durable (a failing disk), the instance is refused
+  but its event may already be on the log, naming a blob that is not there: consumers treat
+  it as any missing blob, and the sender's retry logs the instance again.
+- `Journal` appends the event to a local append-only file while the blob is made durable,
+  fsyncs it (one fsync for all instances arriving together: group commit), and answers; a
+  forwarder thread publishes journaled events in batches and records how far it got. After a
+  crash the entries past that point are published again once their blobs are found intact,
+  so an event may reach the log twice with the same `event_id` (consumers dedupe on it).
+  When the broker has not taken an event for `publish_timeout_s`, the journal refuses new instances
   (0xA700) until it does, so it never becomes a second, unbounded store.
 """
 
@@ -58,8 +58,8 @@ class Outbox(Protocol):
         """Raise `OutOfResources` if new instances cannot be taken now."""
 
     def begin(self, envelope: Envelope) -> Pending:
-        """Start on `envelope`, before its blob is written; raise `OutOfResources` if it cannot
-        be started."""
+        """Start on `envelope`, once its blob's bytes are written and before they are durable;
+        raise `OutOfResources` if it cannot be started."""
 
     def settled(self, pending: Pending) -> "Future[None]":
         """Done (within the publish timeout) once `commit` of `pending` will not wait."""

@@ -458,13 +458,14 @@ class Receiver:
 
     async def receive(self, arrival: Arrival, origin: Origin) -> None:
         """`Intake.receive`, its steps placed so that a thread switch lies on an instance's
-        path only where it pays: the event is published from the loop and its acknowledgement
-        wakes the loop directly. The blob is written and fsynced on the loop itself, unless
-        another association is open and the blob is large: then on the thread pool, so that
-        the loop reads the other senders' data during the long fsync. For small instances
-        the switch cost more CPU than the wait (10 kB instances from 4 senders to 2 workers:
-        280 inst/s with the pool, 389 on the loop); for 526 kB CT images the overlap won (293
-        on the loop, 341 with the pool; medians of 4 interleaved runs)."""
+        path only where it pays: the blob's bytes are written and the event is published from
+        the loop, and the acknowledgement wakes the loop directly. The blob is made durable on
+        the loop itself, unless another association is open and the blob is large: then on
+        the thread pool, so that the loop reads the other senders' data during the long
+        flush. For small instances the switch cost more CPU than the wait (10 kB instances
+        from 4 senders to 2 workers: 280 inst/s with the pool, 389 on the loop); for 526 kB
+        CT images the overlap won (293 on the loop, 341 with the pool; medians of 4
+        interleaved runs)."""
         acceptance = self.intake.begin(arrival, origin)
         settled = _on_loop(acceptance.settled)
         if self.open_associations > 1 and len(arrival.file) >= _POOLED_BLOB_BYTES:

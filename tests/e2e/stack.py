@@ -60,6 +60,7 @@ def talaria_up(folder: Path, **env: str) -> Iterator[Stack]:
         "TALARIA_KAFKA_PORT": str(free_port()),
         "TALARIA_KAFKA_CONTROLLER_PORT": str(free_port()),
         "TALARIA_KAFKA_HEAP_MB": "384",
+        "TALARIA_KAFKA_OPTIMIZING_JIT": "false",
         "TALARIA_DICOM_PORT": str(dicom_port),
         "TALARIA_UI_PORT": str(ui_port),
         "TALARIA_METRICS_PORT": str(free_port()),

@@ -459,25 +459,80 @@ def test_a_failed_overwrite_keeps_the_old_blob(
     assert _leftovers(folder_store.root) == []
 
 
-def test_a_blob_whose_fsync_fails_leaves_a_later_writers_blob(
-    folder_store: FolderBlobStore, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("earlier", "flush"),
+    [(None, "fdatasync"), (b"earlier", "fsync")],
+    ids=["new key flushed in place", "replacement flushed before its rename"],
+)
+def test_a_blob_whose_flush_fails_leaves_a_later_writers_blob(
+    folder_store: FolderBlobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    earlier: bytes | None,
+    flush: str,
 ) -> None:
-    """A commit whose fsync fails leaves nothing of its own, and the blob another writer stored
-    meanwhile stays."""
+    """A commit whose disk flush fails leaves nothing of its own, and the blob another writer
+    stored meanwhile stays."""
     key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(1))
+    if earlier is not None:
+        folder_store.put(key, earlier)
     staged = folder_store.stage(key, b"mine")
-    fsync = os.fsync
+    original = getattr(os, flush)
 
     def another_writer_then_fail(fd: int) -> None:
-        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, flush, original)
         folder_store.put(key, b"theirs")
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(os, "fsync", another_writer_then_fail)
+    monkeypatch.setattr(os, flush, another_writer_then_fail)
     with pytest.raises(BlobStoreUnavailable):
         staged.commit()
 
     assert folder_store.get(key) == b"theirs"
+    assert _leftovers(folder_store.root) == []
+
+
+def test_a_new_key_is_written_in_place_and_flushed_once(
+    folder_store: FolderBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staging a new key in an existing folder writes its file whole; commit flushes that file
+    and nothing else (one disk flush per received instance), and never renames."""
+    folder_store.put(instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(2)), b"")
+    key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(1))
+    flushed: list[str] = []
+    for name in ("fsync", "fdatasync"):
+        original = getattr(os, name)
+
+        def record(fd: int, original: Callable[[int], None] = original, name: str = name) -> None:
+            flushed.append(f"{name} {os.readlink(f'/proc/self/fd/{fd}')}")
+            original(fd)
+
+        monkeypatch.setattr(os, name, record)
+    monkeypatch.setattr(os, "replace", None)  # a call would raise TypeError
+
+    staged = folder_store.stage(key, b"bytes of an instance")
+    assert staged.replaces is False
+    assert folder_store.get(key) == b"bytes of an instance"
+    staged.commit()
+
+    assert flushed == [f"fdatasync {folder_store.root / key.path}"]
+    assert folder_store.get(key) == b"bytes of an instance"
+    assert _leftovers(folder_store.root) == []
+
+
+def test_a_discarded_new_key_leaves_nothing(folder_store: FolderBlobStore) -> None:
+    key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(1))
+    folder_store.stage(key, b"never committed").discard()
+    assert not folder_store.exists(key)
+    assert _leftovers(folder_store.root) == []
+
+
+def test_a_staged_replacement_is_hidden_until_its_commit(folder_store: FolderBlobStore) -> None:
+    key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(1))
+    folder_store.put(key, b"first")
+    staged = folder_store.stage(key, b"second")
+    assert folder_store.get(key) == b"first"
+    staged.commit()
+    assert folder_store.get(key) == b"second"
     assert _leftovers(folder_store.root) == []
 
 

@@ -100,6 +100,7 @@ def test_the_cli_starts_reports_and_stops_a_persistent_broker(tmp_path: Path) ->
         started = talaria("kafka", "start", env=env)
         assert started.returncode == 0, started.stderr
         assert "Kafka ready" in started.stdout
+        assert "-XX:TieredStopAtLevel=1" not in broker_command(tmp_path)  # C2 by default
         assert talaria("kafka", "status", env=env).returncode == 0
         ensured = talaria("topics", "ensure", env=env)
         assert ensured.returncode == 0, ensured.stderr
@@ -107,11 +108,19 @@ def test_the_cli_starts_reports_and_stops_a_persistent_broker(tmp_path: Path) ->
         assert talaria("kafka", "stop", env=env).returncode == 0
         assert talaria("kafka", "status", env=env).returncode == 1
         # Data persists across a restart: the topics are still there.
+        env["TALARIA_KAFKA_OPTIMIZING_JIT"] = "false"
         assert talaria("kafka", "start", env=env).returncode == 0
+        assert "-XX:TieredStopAtLevel=1" in broker_command(tmp_path)
         again = talaria("topics", "ensure", env=env)
         assert "created" not in again.stdout
     finally:
         talaria("kafka", "stop", env=env)
+
+
+def broker_command(data_dir: Path) -> list[str]:
+    """The command line of the broker `talaria kafka start` runs for `data_dir`."""
+    pid = (data_dir / "kafka" / "broker.pid").read_text().strip()
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
 def test_bad_settings_give_one_sentence_and_exit_code_1(tmp_path: Path) -> None:
