@@ -478,6 +478,15 @@ class FolderBlobStore:
             _fsync_dir(folder.parent)
 
 
+def check_materialised(path: Path, *, key: str, size: int) -> None:
+    """Refuse, as a missing blob, the copy of a blob whose size is not the one its event gives:
+    a new blob is visible before it is flushed, so a power loss can leave it short (the
+    instance was not acknowledged, and its sender's retry stores it whole)."""
+    actual = path.stat().st_size
+    if actual != size:
+        raise BlobNotFound(f"blob {key} holds {actual} bytes, not the {size} its event names")
+
+
 def _write_new(path: Path, data: bytes) -> int:
     """Create ``path`` (``FileExistsError`` if it exists) holding ``data`` and return its inode
     number; nothing is left behind if the write fails."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from executors.dispatch import TargetRefused
 from executors.dispatch.target import StagedInstance
-from infra.blobstore import BlobStore, parse_key
+from infra.blobstore import BlobStore, check_materialised, parse_key
 from infra.catalogue import BlobReference
 from ingest.errors import CannotUnderstand
 from ingest.part10 import read_file_meta
@@ -55,5 +55,6 @@ def stage(
     for number, reference in enumerate(inputs):
         path = folder / f"{number:06d}.dcm"
         store.copy_to(parse_key(reference.key), path)
+        check_materialised(path, key=reference.key, size=reference.size)
         staged.append(describe(path))
     return staged

@@ -19,7 +19,7 @@ import structlog
 from pydantic import JsonValue
 
 from executors.processing import JobFailed, OutputInvalid
-from infra.blobstore import BlobKey, BlobStore, parse_key
+from infra.blobstore import BlobKey, BlobStore, check_materialised, parse_key
 from infra.catalogue import BlobReference
 from ingest.errors import CannotUnderstand
 from ingest.part10 import read_file_meta
@@ -85,6 +85,7 @@ def prepare_workdir(
             blobs.copy_to(parse_key(reference.key), staged)
         else:
             staged.write_bytes(blobs.get(parse_key(reference.key)))
+        check_materialised(staged, key=reference.key, size=reference.size)
         snapshot = _readable_snapshot(staged, what=f"input {reference.key}")
         name = f"{snapshot.series_uid}#{snapshot.sop_uid}"
         staged.rename(staged.with_name(f"{name}.dcm"))
