@@ -389,8 +389,9 @@ def kafka(work: Path) -> Iterator[LocalBroker]:
         broker.stop()
 
 
-WARM_UP_SENDS = (12, 40)  # at least, at most
-WARM_UP_WINDOW = 4  # sends per mean compared
+WARM_UP_MIN_SENDS = 12
+WARM_UP_MAX_SENDS = 40
+WARM_UP_WINDOW = 4  # warmed once the mean of the last 4 sends fell less than 10 % from the 4 before
 
 
 def warm_up(broker: LocalBroker, work: Path, files: list[Path]) -> list[float]:
@@ -404,15 +405,16 @@ def warm_up(broker: LocalBroker, work: Path, files: list[Path]) -> list[float]:
     receiver.start()
     costs: list[float] = []
     try:
-        while len(costs) < WARM_UP_SENDS[1]:
+        while len(costs) < WARM_UP_MAX_SENDS:
             before = receiver.broker_cpu_s()
             send(receiver, files, senders=4)
             costs.append((receiver.broker_cpu_s() - before) * 1000 / len(files))
             print(f"broker warm-up: {costs[-1]:.2f} ms CPU/instance", file=sys.stderr, flush=True)
-            recent, earlier = costs[-WARM_UP_WINDOW:], costs[-2 * WARM_UP_WINDOW : -WARM_UP_WINDOW]
-            if len(costs) >= WARM_UP_SENDS[0] and statistics.mean(recent) > 0.9 * statistics.mean(
-                earlier
-            ):
+            if len(costs) < WARM_UP_MIN_SENDS:
+                continue
+            recent = statistics.mean(costs[-WARM_UP_WINDOW:])
+            earlier = statistics.mean(costs[-2 * WARM_UP_WINDOW : -WARM_UP_WINDOW])
+            if recent > 0.9 * earlier:
                 break
     finally:
         receiver.stop()

@@ -13,8 +13,8 @@ the log.
   forwarder thread publishes journaled events in batches and records how far it got. After a
   crash the entries past that point are published again once their blobs are found intact,
   so an event may reach the log twice with the same `event_id` (consumers dedupe on it).
-  When the broker has not taken an event for `publish_timeout_s`, the journal refuses new instances
-  (0xA700) until it does, so it never becomes a second, unbounded store.
+  When the broker has not taken an event for `publish_timeout_s`, the journal refuses new
+  instances (0xA700) until it does, so it never becomes a second, unbounded store.
 """
 
 import fcntl
