@@ -121,7 +121,7 @@ class Receiver:
 
     def __init__(self, work: Path) -> None:
         self.work = work
-        self.store = work / "store" / self.name
+        self.store = stores(work) / self.name
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -131,8 +131,10 @@ class Receiver:
         return {**os.environ, **DCMTK_ENV}
 
     def start(self) -> None:
-        shutil.rmtree(self.store, ignore_errors=True)
-        self.store.mkdir(parents=True)
+        """Start on an empty store of its own; earlier stores stay until the run ends (see
+        `stores`)."""
+        stores(self.work).mkdir(parents=True, exist_ok=True)
+        self.store = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=stores(self.work)))
         log = (self.work / f"{self.name}.log").open("ab")
         self.process = subprocess.Popen(
             self.command(), env=self.environment(), stdout=log, stderr=log, start_new_session=True
@@ -259,6 +261,15 @@ class TalariaJournal(Talaria):
 
     name = "talaria-journal"
     ack_after = "journal"
+
+
+def stores(work: Path) -> Path:
+    """Where the receivers store, a new folder per measurement, all removed only once the run
+    is over (the default run keeps some 7 GB until then). Removing the last store before each start cost the receiver that wrote many files
+    to few folders (Talaria) most: on ext4 without a journal (as here), creating a file skips
+    every inode freed in the last 30 s, reading each one's inode table entry; that was 8 % of
+    Talaria's receiver CPU with 1 000 files just removed."""
+    return work / "stores"
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -390,31 +401,57 @@ def kafka(work: Path) -> Iterator[LocalBroker]:
 
 
 WARM_UP_MIN_SENDS = 12
-WARM_UP_MAX_SENDS = 40
-WARM_UP_WINDOW = 4  # warmed once the mean of the last 4 sends fell less than 10 % from the 4 before
+WARM_UP_MAX_SENDS = 80
+WARM_UP_WINDOW = 4  # warmed once the JIT compilers used < 5 % of the broker's CPU over 4 sends
+WARM_UP_COMPILING_SHARE = 0.05
+
+
+def jit_compiler_cpu_s(pid: int) -> float:
+    """CPU time of the JVM's JIT compiler threads (named "C1 CompilerThreadN", "C2 ...")."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name.startswith(("C1 CompilerThre", "C2 CompilerThre")):
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return total
 
 
 def warm_up(broker: LocalBroker, work: Path, files: list[Path]) -> list[float]:
-    """Send `files` through a Talaria receiver until the broker's CPU per instance stops
-    falling, so that its JVM has compiled the produce path before the first measurement, as
-    a running installation's has; return the broker's CPU ms per instance of each send.
+    """Send `files` through a Talaria receiver until the broker's JIT compilers are done with
+    the produce path, so that the measurements find a broker as compiled as a running
+    installation's; return the broker's CPU ms per instance of each send.
     Unwarmed, the run measured the JIT compiler more than Talaria: over 10 kB instances from 4
     senders, a fresh broker spent 0.8 ms of CPU per instance at first and 0.22 ms once C2 had
-    compiled, which took some 10 000-20 000 instances."""
+    compiled. A warm-up that stopped once the broker's CPU per instance had stopped falling
+    (by 10 % over 4 sends) still left C2 using 0.05-0.58 ms per instance in the first
+    measurements."""
+    pid = broker.pid()
+    assert pid is not None, "the broker is not running"
     receiver = Talaria(work, broker)
     receiver.start()
     costs: list[float] = []
+    compiling: list[float] = []
     try:
         while len(costs) < WARM_UP_MAX_SENDS:
-            before = receiver.broker_cpu_s()
+            before, compilers_before = receiver.broker_cpu_s(), jit_compiler_cpu_s(pid)
             send(receiver, files, senders=4)
             costs.append((receiver.broker_cpu_s() - before) * 1000 / len(files))
-            print(f"broker warm-up: {costs[-1]:.2f} ms CPU/instance", file=sys.stderr, flush=True)
-            if len(costs) < WARM_UP_MIN_SENDS:
-                continue
-            recent = statistics.mean(costs[-WARM_UP_WINDOW:])
-            earlier = statistics.mean(costs[-2 * WARM_UP_WINDOW : -WARM_UP_WINDOW])
-            if recent > 0.9 * earlier:
+            compiling.append((jit_compiler_cpu_s(pid) - compilers_before) * 1000 / len(files))
+            print(
+                f"broker warm-up: {costs[-1]:.2f} ms CPU/instance, "
+                f"{compiling[-1]:.2f} of it compiling",
+                file=sys.stderr,
+                flush=True,
+            )
+            recent = slice(-WARM_UP_WINDOW, None)
+            if len(costs) >= WARM_UP_MIN_SENDS and sum(compiling[recent]) < (
+                WARM_UP_COMPILING_SHARE * sum(costs[recent])
+            ):
                 break
     finally:
         receiver.stop()
@@ -432,25 +469,46 @@ def run(args: argparse.Namespace) -> list[Result]:
     work = Path(args.work).resolve()
     data = {name: make_dataset(work / "data" / name, **DATASETS[name]) for name in args.datasets}
     results: list[Result] = []
-    with kafka(work) as broker:
-        warm_up(broker, work, data["small"] if "small" in data else next(iter(data.values())))
-        available: dict[str, Receiver] = {
-            "talaria": Talaria(work, broker),
-            "talaria-journal": TalariaJournal(work, broker),
-            "orthanc": Orthanc(work),
-            "storescp": Storescp(work),
-        }
-        receivers = [available[name] for name in args.receivers]
-        for rep in range(args.reps):
-            order = receivers[rep % len(receivers) :] + receivers[: rep % len(receivers)]
-            for dataset, files in data.items():
-                for senders in args.senders:
-                    for receiver in order:
-                        result = measure(
-                            receiver, dataset=dataset, files=files, senders=senders, rep=rep
-                        )
-                        results.append(result)
-                        print(json.dumps(asdict(result)), flush=True)
+    shutil.rmtree(stores(work), ignore_errors=True)
+    try:
+        with kafka(work) as broker:
+            warm_up(broker, work, data["small"] if "small" in data else next(iter(data.values())))
+            shutil.rmtree(stores(work))
+            time.sleep(inodes_recent_s())
+            results = measure_all(args, broker, work, data)
+    finally:
+        shutil.rmtree(stores(work), ignore_errors=True)
+    return results
+
+
+def inodes_recent_s() -> float:
+    """How long ext4 without a journal treats a freed inode as recently freed (see `stores`):
+    the dirty page expiry, plus 5 s for an inode table block not yet written back."""
+    return int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text()) / 100 + 5
+
+
+def measure_all(
+    args: argparse.Namespace, broker: LocalBroker, work: Path, data: dict[str, list[Path]]
+) -> list[Result]:
+    """Each receiver on each cell, `args.reps` times, the receivers' order rotating."""
+    results: list[Result] = []
+    available: dict[str, Receiver] = {
+        "talaria": Talaria(work, broker),
+        "talaria-journal": TalariaJournal(work, broker),
+        "orthanc": Orthanc(work),
+        "storescp": Storescp(work),
+    }
+    receivers = [available[name] for name in args.receivers]
+    for rep in range(args.reps):
+        order = receivers[rep % len(receivers) :] + receivers[: rep % len(receivers)]
+        for dataset, files in data.items():
+            for senders in args.senders:
+                for receiver in order:
+                    result = measure(
+                        receiver, dataset=dataset, files=files, senders=senders, rep=rep
+                    )
+                    results.append(result)
+                    print(json.dumps(asdict(result)), flush=True)
     return results
 
 
