@@ -128,6 +128,16 @@ class Acknowledgement:
             raise self._error
 
 
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One event encoded for its topic."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
+
+
 class EventProducer:
     """An idempotent producer whose publish calls wait for the broker's acknowledgement.
 
@@ -169,24 +179,34 @@ class EventProducer:
 
     def publish_all(self, envelopes: Iterable[Envelope]) -> None:
         """Write all `envelopes`; return once every one was acknowledged, else raise."""
+        self.publish_records(self.record(envelope) for envelope in envelopes)
+
+    def publish_records(self, records: Iterable[Record]) -> None:
+        """Write records encoded by `record`; return once every one was acknowledged."""
         acknowledgement = Acknowledgement()
-        for envelope in envelopes:
-            self._produce_event(envelope, acknowledgement)
+        for record in records:
+            acknowledgement.expect_one()
+            self._produce(
+                topic=record.topic,
+                key=record.key,
+                value=record.value,
+                headers=record.headers,
+                report=acknowledgement.report,
+            )
         acknowledgement.result(timeout=self._timeout_s + 5)
 
     def publish_async(self, envelope: Envelope) -> "Future[None]":
         """Start writing `envelope`; the future completes when the broker acknowledged it."""
-        key, value, headers = encode(envelope)
-        topic = topic_name(envelope.payload.topic(), prefix=self._prefix)
-        return self.produce_raw(topic=topic, key=key, value=value, headers=headers)
-
-    def _produce_event(self, envelope: Envelope, acknowledgement: "Acknowledgement") -> None:
-        key, value, headers = encode(envelope)
-        topic = topic_name(envelope.payload.topic(), prefix=self._prefix)
-        acknowledgement.expect_one()
-        self._produce(
-            topic=topic, key=key, value=value, headers=headers, report=acknowledgement.report
+        record = self.record(envelope)
+        return self.produce_raw(
+            topic=record.topic, key=record.key, value=record.value, headers=record.headers
         )
+
+    def record(self, envelope: Envelope) -> Record:
+        """`envelope` as it goes to its topic (encoded once, for callers that keep it)."""
+        key, value, headers = encode(envelope)
+        topic = topic_name(envelope.payload.topic(), prefix=self._prefix)
+        return Record(topic=topic, key=key, value=value, headers=headers)
 
     def produce_raw(
         self, *, topic: str, key: bytes | None, value: bytes | None, headers: Headers

@@ -34,8 +34,8 @@ import structlog
 
 from infra.blobstore import BlobNotFound, BlobStore, BlobStoreError, parse_key
 from infra.catalogue import CATALOGUE, InstanceReceived
-from infra.events import Envelope, UndecodableEvent, decode, encode
-from infra.log import EventProducer, PublishFailed, PublishRejected
+from infra.events import Envelope, UndecodableEvent, decode
+from infra.log import EventProducer, PublishFailed, PublishRejected, Record
 from ingest import metrics
 from ingest.errors import JournalInUse, OutOfResources
 
@@ -130,7 +130,8 @@ class _Entry:
     """One journaled event: durable once `written` is done, forwardable once `ready`."""
 
     envelope: Envelope
-    record: bytes
+    encoded: Record  # as published, encoded once
+    record: bytes  # as journaled
     written: "Future[None]" = field(default_factory=Future)
     ready: threading.Event = field(default_factory=threading.Event)
     abandoned: bool = False
@@ -138,8 +139,8 @@ class _Entry:
     ready_at: float = 0.0
 
 
-def encode_record(envelope: Envelope) -> bytes:
-    _key, value, _headers = encode(envelope)
+def encode_record(value: bytes) -> bytes:
+    """The journal record of an encoded envelope."""
     return _RECORD_HEADER.pack(len(value), zlib.crc32(value)) + value
 
 
@@ -177,7 +178,11 @@ class Journal:
         self._blobs = blobs
         self._max_wait_s = max_wait_s
         self._batch_size = batch_size
-        self._lock = threading.Condition()
+        # One lock, a condition per waiter: each change wakes only the thread it concerns.
+        self._lock = threading.Lock()
+        self._writable = threading.Condition(self._lock)  # entries to write, or stopping
+        self._forwardable = threading.Condition(self._lock)  # an entry settled, or stopping
+        self._drained = threading.Condition(self._lock)  # entries forwarded
         self._to_write: list[_Entry] = []
         self._unforwarded: deque[_Entry] = deque()
         self._stopping = False
@@ -215,13 +220,14 @@ class Journal:
             )
 
     def begin(self, envelope: Envelope) -> Pending:
-        entry = _Entry(envelope=envelope, record=encode_record(envelope))
+        encoded = self._producer.record(envelope)
+        entry = _Entry(envelope=envelope, encoded=encoded, record=encode_record(encoded.value))
         with self._lock:
             if self._stopping:
                 raise OutOfResources("the journal is closed")
             self._to_write.append(entry)
             self._unforwarded.append(entry)
-            self._lock.notify_all()
+            self._writable.notify()
         return entry
 
     def settled(self, pending: Pending) -> "Future[None]":
@@ -237,23 +243,24 @@ class Journal:
         with self._lock:
             entry.ready_at = time.monotonic()
             entry.ready.set()
-            self._lock.notify_all()
+            self._forwardable.notify()
 
     def abandon(self, pending: Pending) -> None:
         entry = self._entry(pending)
         with self._lock:
             entry.abandoned = True
             entry.ready.set()
-            self._lock.notify_all()
+            self._forwardable.notify()
 
     def close(self, *, timeout_s: float = 10.0) -> None:
         """Forward what is ready (up to `timeout_s`), then stop; the rest waits on disk."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
             while self._unforwarded and time.monotonic() < deadline:
-                self._lock.wait(0.05)
+                self._drained.wait(0.05)
             self._stopping = True
-            self._lock.notify_all()
+            self._writable.notify()
+            self._forwardable.notify()
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
         self._file.close()
@@ -268,7 +275,7 @@ class Journal:
         while True:
             with self._lock:
                 while not self._to_write and not self._stopping:
-                    self._lock.wait()
+                    self._writable.wait()
                 if self._stopping and not self._to_write:
                     return
                 batch, self._to_write = self._to_write, []
@@ -308,10 +315,10 @@ class Journal:
             batch = self._next_batch()
             if batch is None:
                 return
-            live = [entry.envelope for entry in batch if not entry.abandoned]
+            live = [entry.encoded for entry in batch if not entry.abandoned]
             try:
                 began = time.perf_counter()
-                self._producer.publish_all(live)
+                self._producer.publish_records(live)
                 metrics.PUBLISH_SECONDS.observe(time.perf_counter() - began)
             except (PublishFailed, PublishRejected) as error:
                 log.warning("journal cannot forward yet", error=str(error), waiting=self.backlog)
@@ -324,7 +331,7 @@ class Journal:
 
     def _stopped_waiting(self, delay: float) -> bool:
         with self._lock:
-            self._lock.wait_for(lambda: self._stopping, timeout=delay)
+            self._forwardable.wait_for(lambda: self._stopping, timeout=delay)
             return self._stopping
 
     def _next_batch(self) -> list[_Entry] | None:
@@ -340,14 +347,14 @@ class Journal:
                     return settled
                 if self._stopping:
                     return None
-                self._lock.wait(0.5)
+                self._forwardable.wait(0.5)
 
     def _forwarded(self, batch: list[_Entry]) -> None:
         with self._lock:
             for _ in batch:
                 self._unforwarded.popleft()
             idle = not self._unforwarded and not self._to_write
-            self._lock.notify_all()
+            self._drained.notify_all()
             offset = max(entry.end_offset for entry in batch)
             if idle and self._file.tell() > _COMPACT_AT_BYTES:
                 self._file.truncate(0)
@@ -371,7 +378,12 @@ class Journal:
             envelope = self._decoded(value)
             if envelope is None or not self._blob_intact(envelope):
                 continue
-            entry = _Entry(envelope=envelope, record=b"", end_offset=start + end)
+            entry = _Entry(
+                envelope=envelope,
+                encoded=self._producer.record(envelope),
+                record=b"",
+                end_offset=start + end,
+            )
             entry.written.set_result(None)
             entry.ready_at = time.monotonic()
             entry.ready.set()

@@ -1,7 +1,7 @@
 """The intake journal's file format: what a crash mid-write leaves behind is told apart."""
 
 from infra.catalogue import InstanceRejected
-from infra.events import Envelope
+from infra.events import Envelope, encode
 from ingest.outbox import encode_record, read_records
 
 
@@ -18,7 +18,7 @@ def rejected(number: int) -> Envelope:
 
 
 def test_complete_records_come_back_and_a_torn_tail_is_ignored() -> None:
-    records = [encode_record(rejected(n)) for n in range(3)]
+    records = [encode_record(encode(rejected(n))[1]) for n in range(3)]
     journal = b"".join(records)
 
     whole = read_records(journal)
