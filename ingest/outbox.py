@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 
 _RECORD_HEADER = struct.Struct(">II")  # length, CRC-32 of the envelope bytes
 _COMPACT_AT_BYTES = 64 * 1024**2
+# Where forwarding got to, overwritten in place: fixed width, so no longer number's tail stays.
+_CHECKPOINT_FORMAT = b"%020d\n"
 
 
 class Pending(Protocol):
@@ -173,7 +175,6 @@ class Journal:
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self._path = folder / "events.journal"
-        self._checkpoint = folder / "forwarded.offset"
         self._producer = producer
         self._blobs = blobs
         self._max_wait_s = max_wait_s
@@ -193,6 +194,7 @@ class Journal:
         except BlockingIOError:
             self._file.close()
             raise JournalInUse(f"another receiver uses the journal in {folder}") from None
+        self._checkpoint = os.open(folder / "forwarded.offset", os.O_RDWR | os.O_CREAT, 0o644)
         self._recover()
         metrics.JOURNAL_BACKLOG.set_function(lambda: self.backlog)
         self._threads = [
@@ -264,6 +266,7 @@ class Journal:
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
         self._file.close()
+        os.close(self._checkpoint)
 
     @property
     def backlog(self) -> int:
@@ -363,17 +366,31 @@ class Journal:
             self._save_checkpoint(offset)
 
     def _save_checkpoint(self, offset: int) -> None:
-        """Where forwarding got to; losing it only means forwarding some events again."""
-        temporary = self._checkpoint.with_suffix(".tmp")
-        temporary.write_text(str(offset))
-        temporary.replace(self._checkpoint)
+        """Where forwarding got to; losing it only means forwarding some events again. One
+        write in place: a temporary file renamed over it took a new inode per batch."""
+        os.pwrite(self._checkpoint, _CHECKPOINT_FORMAT % offset, 0)
+
+    def _read_checkpoint(self, journal_bytes: int) -> int:
+        """Where forwarding got to; the journal's start if the checkpoint is unreadable or
+        past the journal's end (a crash between compacting and saving the checkpoint):
+        forwarding some events again is safe, skipping some is not."""
+        text = os.pread(self._checkpoint, 64, 0).strip()
+        try:
+            offset = int(text or 0)
+        except ValueError:
+            offset = -1
+        if not 0 <= offset <= journal_bytes:
+            log.error("journal checkpoint unusable; forwarding from the start", checkpoint=text)
+            return 0
+        return offset
 
     # --- recovery ------------------------------------------------------------------------------
 
     def _recover(self) -> None:
         """Queue the events journaled but not forwarded before the last stop or crash."""
-        start = int(self._checkpoint.read_text()) if self._checkpoint.exists() else 0
-        data = self._path.read_bytes()[start:]
+        journal = self._path.read_bytes()
+        start = self._read_checkpoint(len(journal))
+        data = journal[start:]
         for value, end in read_records(data):
             envelope = self._decoded(value)
             if envelope is None or not self._blob_intact(envelope):

@@ -1,8 +1,16 @@
 """The intake journal's file format: what a crash mid-write leaves behind is told apart."""
 
+from pathlib import Path
+
+import pytest
+
+from infra.blobstore import FolderBlobStore
 from infra.catalogue import InstanceRejected
 from infra.events import Envelope, encode
-from ingest.outbox import encode_record, read_records
+from infra.log import EventProducer
+from ingest.outbox import Journal, encode_record, read_records
+from ingest.settings import IngestSettings
+from tests.ingest.conftest import events
 
 
 def rejected(number: int) -> Envelope:
@@ -33,3 +41,29 @@ def test_complete_records_come_back_and_a_torn_tail_is_ignored() -> None:
     assert b'"reason":"case 2"' in whole[2][0]
     assert len(torn) == 2
     assert len(scribbled) == 2  # the checksum catches a tail that was never synced
+
+
+@pytest.mark.parametrize(
+    "checkpoint",
+    [b"%020d\n" % 10**9, b"\x00\x00torn"],
+    ids=["past-the-end", "unreadable"],
+)
+def test_a_checkpoint_the_journal_cannot_have_forwards_it_from_its_start(
+    settings: IngestSettings, tmp_path: Path, checkpoint: bytes
+) -> None:
+    """E.g. a crash between compacting the journal and saving the checkpoint: forwarding
+    events again is safe (consumers dedupe on event_id), skipping them is not."""
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    journaled = [rejected(n) for n in range(3)]
+    records = b"".join(encode_record(encode(envelope)[1]) for envelope in journaled)
+    (folder / "events.journal").write_bytes(records)
+    (folder / "forwarded.offset").write_bytes(checkpoint)
+
+    with EventProducer(settings, client_id="test") as producer:
+        blobs = FolderBlobStore(tmp_path / "blobs", min_free_bytes=0)
+        Journal(folder, producer=producer, blobs=blobs, max_wait_s=30).close()
+
+    found = events(settings, expected=3, kind=InstanceRejected.TYPE)
+    assert sorted(e.event_id for e in found) == sorted(e.event_id for e in journaled)
+    assert int((folder / "forwarded.offset").read_bytes()) == len(records)
