@@ -305,8 +305,14 @@ def process_cpu_s(pid: int) -> float:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
+    return stat_cpu_s(stat, reaped_children=True)
+
+
+def stat_cpu_s(stat: str, *, reaped_children: bool) -> float:
+    """User and system CPU time in a /proc stat line, with that of the reaped children if
+    `reaped_children`."""
     fields = stat.rsplit(")", 1)[1].split()
-    return sum(int(ticks) for ticks in fields[11:15]) / _CLOCK_TICKS
+    return sum(int(ticks) for ticks in fields[11 : 15 if reaped_children else 13]) / _CLOCK_TICKS
 
 
 def machine_busy_s() -> float:
@@ -420,8 +426,7 @@ def jit_compiler_cpu_s(pid: int) -> float:
             continue  # the thread ended
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         if name.startswith(("C1 CompilerThre", "C2 CompilerThre")):
-            fields = stat.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+            total += stat_cpu_s(stat, reaped_children=False)
     return total
 
 
@@ -472,17 +477,15 @@ def free_port() -> int:
 def run(args: argparse.Namespace) -> list[Result]:
     work = Path(args.work).resolve()
     data = {name: make_dataset(work / "data" / name, **DATASETS[name]) for name in args.datasets}
-    results: list[Result] = []
     shutil.rmtree(stores(work), ignore_errors=True)
     try:
         with kafka(work) as broker:
             warm_up(broker, work, data["small"] if "small" in data else next(iter(data.values())))
             shutil.rmtree(stores(work))
             time.sleep(inodes_recent_s())
-            results = measure_all(args, broker, work, data)
+            return measure_all(args, broker, work, data)
     finally:
         shutil.rmtree(stores(work), ignore_errors=True)
-    return results
 
 
 def inodes_recent_s() -> float:
