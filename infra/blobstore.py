@@ -32,7 +32,7 @@ import re
 import secrets
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -273,14 +273,7 @@ def _blob_ref(key: BlobKey, data: bytes) -> BlobRef:
 
 _NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 _COLLISION_ERRNOS: Final = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
-
-
-def _flush(path: Path, flush: Callable[[int], None]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        flush(fd)
-    finally:
-        os.close(fd)
+_KNOWN_FOLDERS_MAX: Final = 4096
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -314,6 +307,9 @@ class FolderBlobStore:
         root.mkdir(parents=True, exist_ok=True)
         self._root = root.resolve()
         self._min_free_bytes = min_free_bytes
+        # Folders this process made sure of (under the root, existing), so that writing an
+        # instance costs no path resolution (8 lstat calls) when its series folder is known.
+        self._known_folders: set[Path] = set()
 
     @property
     def root(self) -> Path:
@@ -354,22 +350,44 @@ class FolderBlobStore:
         return self._stage(key, data, in_place=True)
 
     def _stage(self, key: BlobKey, data: bytes, *, in_place: bool) -> _StagedFile:
-        path = self._path(key)
+        if not isinstance(key, BlobKey):
+            raise InvalidKey(f"expected a BlobKey, got {type(key).__name__}")
+        path = self._root / key.path
         self.check_free_space(len(data))
         try:
-            self._make_parents(path.parent)
             if in_place:
                 try:
-                    inode = _write_new(path, data)
-                    return _StagedFile(key=key, path=path, temp=None, inode=inode, replaces=False)
+                    fd = self._create(path, data)
+                    return _StagedFile(key=key, path=path, temp=None, fd=fd, replaces=False)
                 except FileExistsError:
                     pass  # a replacement: renamed into place, so readers never see it partial
             token = secrets.token_hex(8)
             temp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{token}")
-            inode = _write_new(temp, data)
+            fd = self._create(temp, data)
         except OSError as exc:
             raise _translate_os_error(exc, key=key, action="store") from exc
-        return _StagedFile(key=key, path=path, temp=temp, inode=inode, replaces=path.exists())
+        return _StagedFile(key=key, path=path, temp=temp, fd=fd, replaces=path.exists())
+
+    def _create(self, path: Path, data: bytes) -> int:
+        """`_write_new` in a folder made sure of: checked to lie under the root and created
+        the first time, then taken on trust until a write finds it gone (the cleaner prunes
+        empty folders)."""
+        folder = path.parent
+        if folder not in self._known_folders:
+            self._make_known(folder)
+        try:
+            return _write_new(path, data)
+        except FileNotFoundError:
+            self._known_folders.discard(folder)
+            self._make_known(folder)
+            return _write_new(path, data)
+
+    def _make_known(self, folder: Path) -> None:
+        self._checked(folder)
+        self._make_parents(folder)
+        if len(self._known_folders) >= _KNOWN_FOLDERS_MAX:
+            self._known_folders.clear()
+        self._known_folders.add(folder)
 
     def get(self, key: BlobKey) -> bytes:
         """Read the whole blob."""
@@ -488,21 +506,21 @@ def check_materialised(path: Path, *, key: str, size: int) -> None:
 
 
 def _write_new(path: Path, data: bytes) -> int:
-    """Create ``path`` (``FileExistsError`` if it exists) holding ``data`` and return its inode
-    number; nothing is left behind if the write fails."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    """Create ``path`` (``FileExistsError`` if it exists) holding ``data`` and return its file
+    descriptor, still open; nothing is left behind if the write fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        with open(fd, "wb", closefd=False) as file:
-            file.write(data)
-        return os.fstat(fd).st_ino
+        unwritten = memoryview(data)
+        while unwritten:
+            unwritten = unwritten[os.write(fd, unwritten) :]
     except BaseException:
+        os.close(fd)
         path.unlink(missing_ok=True)
         raise
-    finally:
-        os.close(fd)
+    return fd
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _StagedFile:
     """A blob written to its file but not yet durable: a new key's file (``temp`` None), or a
     temporary file in its folder that ``commit`` renames over the blob it replaces.
@@ -518,33 +536,46 @@ class _StagedFile:
     key: BlobKey
     path: Path
     temp: Path | None
-    inode: int  # of the file written, so that a failure removes only that one
+    fd: int | None  # of the file written, open until commit or discard
     replaces: bool
 
     def commit(self) -> None:
+        fd = self.fd
+        assert fd is not None, "a staged blob is committed or discarded once"
         try:
             try:
                 if self.temp is None:
-                    _flush(self.path, os.fdatasync)
+                    os.fdatasync(fd)
                 else:
-                    _flush(self.temp, os.fsync)
+                    os.fsync(fd)
                     os.replace(self.temp, self.path)
             except BaseException:
                 self.discard()
                 raise
+            self._close()
             if self.temp is not None:
                 _fsync_dir(self.path.parent)
         except OSError as exc:
             raise _translate_os_error(exc, key=self.key, action="store") from exc
 
     def discard(self) -> None:
-        if self.temp is not None:
-            self.temp.unlink(missing_ok=True)
-            return
-        # Another writer may have replaced the new file meanwhile: theirs stays.
-        with contextlib.suppress(FileNotFoundError):
-            if self.path.stat().st_ino == self.inode:
-                self.path.unlink(missing_ok=True)
+        if self.fd is None:
+            return  # committed
+        try:
+            if self.temp is not None:
+                self.temp.unlink(missing_ok=True)
+                return
+            # Another writer may have replaced the new file meanwhile: theirs stays.
+            with contextlib.suppress(FileNotFoundError):
+                if self.path.stat().st_ino == os.fstat(self.fd).st_ino:
+                    self.path.unlink(missing_ok=True)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 # --- S3 store -----------------------------------------------------------------------------------

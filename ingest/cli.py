@@ -1,6 +1,5 @@
 """`talaria ingest run` (the DICOM receiver) and `talaria ingest import FOLDER`."""
 
-import asyncio
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from infra.settings import load
 from ingest.batch import receive_one
 from ingest.intake import Origin
-from ingest.service import open_intake, serve_until_signalled
+from ingest.service import open_intake, run_until_signalled
 from ingest.settings import IngestSettings
 from ingest.workers import run_workers
 
@@ -25,7 +24,7 @@ def run() -> None:
     """Receive DICOM (C-STORE, C-ECHO) until Ctrl-C or SIGTERM; /metrics alongside."""
     settings = load(IngestSettings)
     if settings.dicom_workers == 1:
-        asyncio.run(serve_until_signalled(settings))
+        run_until_signalled(settings)
         return
     raise typer.Exit(code=run_workers(settings))
 

@@ -11,7 +11,6 @@ where one worker, not the machine, is the limit. The ports are bound only once e
 is ready, so a sender never waits on a worker's start.
 """
 
-import asyncio
 import ctypes
 import multiprocessing
 import os
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 import structlog
 
 from ingest.scp import HANDOFF_PLAIN, HANDOFF_READY, HANDOFF_TLS
-from ingest.service import serve_until_signalled
+from ingest.service import run_until_signalled
 from ingest.settings import IngestSettings
 
 log = structlog.get_logger(__name__)
@@ -149,4 +148,4 @@ def _serve_worker(settings: IngestSettings, parent_pid: int, handoffs: socket.so
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent_pid:
         return  # the parent died before the request took effect
-    asyncio.run(serve_until_signalled(settings, handoffs=handoffs))
+    run_until_signalled(settings, handoffs=handoffs)

@@ -519,6 +519,20 @@ def test_a_new_key_is_written_in_place_and_flushed_once(
     assert _leftovers(folder_store.root) == []
 
 
+def test_a_write_after_the_cleaner_pruned_its_folder_makes_the_folder_again(
+    folder_store: FolderBlobStore,
+) -> None:
+    first = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(1))
+    second = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(2))
+    folder_store.put(first, b"first")
+    folder_store.delete(first)
+    folder_store.prune_empty_folders(first)
+    assert not (folder_store.root / first.path).parent.exists()
+
+    folder_store.stage(second, b"second").commit()
+    assert folder_store.get(second) == b"second"
+
+
 def test_a_discarded_new_key_leaves_nothing(folder_store: FolderBlobStore) -> None:
     key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(1))
     folder_store.stage(key, b"never committed").discard()

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import uvloop
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.catalogue import CATALOGUE, InstanceReceived
@@ -53,7 +54,7 @@ class RunningReceiver:
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
-        self._loop = asyncio.new_event_loop()
+        self._loop = uvloop.new_event_loop()  # the loop `talaria ingest run` serves on
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._run(),))
