@@ -6,9 +6,9 @@ the ratios come out of the same noise. Every receiver is started fresh for each 
 stores what it gets: Talaria into its blob folder with an event per instance on a local
 single-node Kafka broker started by this script (`talaria`: answered once the blob is fsynced
 and the broker acknowledged the event, the default; `talaria-journal`: once the blob and the
-event in the intake journal are fsynced), with one receiver process per core
-(`TALARIA_DICOM_WORKERS`), Orthanc 1.10 (Debian) with its default fdatasync of each stored
-file, storescp writing files (no fsync).
+event in the intake journal are fsynced), with two receiver processes per core
+(`TALARIA_DICOM_WORKERS`, see `WORKERS_PER_CORE`), Orthanc 1.10 (Debian) with its default
+fdatasync of each stored file, storescp writing files (no fsync).
 The broker runs as `talaria kafka start` runs it and is warmed up with Talaria's own traffic
 before the first measurement (see `warm_up`).
 Elapsed is storescu's wall time, from association request to release; peak RSS is VmHWM of the
@@ -61,6 +61,11 @@ DATASETS = {
 }
 PORT = 11112
 TOPIC_PREFIX = "bench."  # the topics of every Talaria receiver in a run
+# A worker waiting for the disk or holding its interpreter lock in a system call stalls the
+# other associations it serves: 4 workers for 4 senders on 2 cores took 5-7 % more small
+# instances per second than 2 (medians of 4-5 interleaved runs, three runs), CT as many (-2 to
+# +1 %), at 480 MB of peak RSS instead of 290.
+WORKERS_PER_CORE = 2
 DCMTK_ENV = {"TCP_NODELAY": "1"}
 
 
@@ -205,8 +210,8 @@ class Orthanc(Receiver):
 
 
 class Talaria(Receiver):
-    """Talaria as configured by default (answers once the broker acknowledged the event), one
-    receiver process per core."""
+    """Talaria as configured by default (answers once the broker acknowledged the event), with
+    `WORKERS_PER_CORE` receiver processes per core."""
 
     name = "talaria"
     aet = "TALARIA"
@@ -254,7 +259,7 @@ class Talaria(Receiver):
             "TALARIA_METRICS_PORT": str(PORT + 2),
             "TALARIA_JOURNAL_DIR": str(self.journal),
             "TALARIA_ACK_AFTER": self.ack_after,
-            "TALARIA_DICOM_WORKERS": str(os.cpu_count() or 1),
+            "TALARIA_DICOM_WORKERS": str(WORKERS_PER_CORE * (os.cpu_count() or 1)),
         }
 
 
