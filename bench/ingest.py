@@ -63,8 +63,8 @@ PORT = 11112
 TOPIC_PREFIX = "bench."  # the topics of every Talaria receiver in a run
 # A worker waiting for the disk or holding its interpreter lock in a system call stalls the
 # other associations it serves: 4 workers for 4 senders on 2 cores took 5-7 % more small
-# instances per second than 2 (medians of 4-5 interleaved runs, three runs), CT as many (-2 to
-# +1 %), at 480 MB of peak RSS instead of 290.
+# instances per second than 2 (medians of 4-5 interleaved runs, three runs) and 2-3 % fewer CT
+# images (two runs, within the noise), at 480 MB of peak RSS instead of 290.
 WORKERS_PER_CORE = 2
 DCMTK_ENV = {"TCP_NODELAY": "1"}
 
