@@ -350,9 +350,7 @@ class FolderBlobStore:
         return self._stage(key, data, in_place=True)
 
     def _stage(self, key: BlobKey, data: bytes, *, in_place: bool) -> _StagedFile:
-        if not isinstance(key, BlobKey):
-            raise InvalidKey(f"expected a BlobKey, got {type(key).__name__}")
-        path = self._root / key.path
+        path = self._unchecked_path(key)  # its folder is checked by `_create`
         self.check_free_space(len(data))
         try:
             if in_place:
@@ -469,9 +467,12 @@ class FolderBlobStore:
                 yield key
 
     def _path(self, key: BlobKey) -> Path:
+        return self._checked(self._unchecked_path(key))
+
+    def _unchecked_path(self, key: BlobKey) -> Path:
         if not isinstance(key, BlobKey):
             raise InvalidKey(f"expected a BlobKey, got {type(key).__name__}")
-        return self._checked(self._root / key.path)
+        return self._root / key.path
 
     def _checked(self, path: Path) -> Path:
         """Refuse a path that resolves outside the root (e.g. through a planted symlink)."""

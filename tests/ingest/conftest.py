@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvloop
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.catalogue import CATALOGUE, InstanceReceived
@@ -20,7 +19,7 @@ from infra.events import Envelope, decode
 from infra.kafka.broker import LocalBroker
 from infra.topics import Topic, topic_name
 from ingest.scp import Receiver
-from ingest.service import open_intake
+from ingest.service import new_receiver_loop, open_intake
 from ingest.settings import IngestSettings
 from tests.conftest import settings_for
 from tests.support import free_port, wait_until_listening
@@ -54,7 +53,7 @@ class RunningReceiver:
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
-        self._loop = uvloop.new_event_loop()  # the loop `talaria ingest run` serves on
+        self._loop = new_receiver_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._run(),))
