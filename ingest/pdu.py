@@ -9,15 +9,17 @@ present; anything malformed is a `ProtocolViolation`.
 
 import asyncio
 import struct
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, cast
 
 from ingest.errors import ProtocolViolation
 
 APPLICATION_CONTEXT: Final = "1.2.840.10008.3.1.1.1"  # PS3.7 Annex A.2.1
 PDV_HEADER_BYTES: Final = 6
+_SCRATCH_BYTES: Final = 65_536  # see `PduConnection`
 
 
 class PduType(IntEnum):
@@ -104,17 +106,197 @@ class Pdv:
     data: memoryview
 
 
-async def read_pdu(reader: asyncio.StreamReader, *, max_length: int) -> tuple[int, bytes]:
-    """The next PDU's type and body; `ProtocolViolation` if it exceeds `max_length`."""
-    head = await reader.readexactly(6)
-    pdu_type, length = head[0], struct.unpack_from(">I", head, 2)[0]
-    if length > max_length:
-        raise ProtocolViolation(f"PDU of {length} bytes exceeds our limit of {max_length}")
-    return pdu_type, await reader.readexactly(length)
+PduBody = bytes | bytearray
 
 
-def decode_associate_rq(body: bytes) -> AssociateRequest:
+class PduConnection(asyncio.BufferedProtocol):
+    """One peer's connection: whole PDUs read off the socket, and our PDUs written to it.
+
+    A PDU that fits the 64 kB scratch buffer (associations, commands, small data sets) is read
+    there, several at a time, and copied out once. A larger one gets a buffer of its own that
+    the socket reads into directly. asyncio's StreamReader moved each byte of a large data set
+    three times more (the loop's bytes, its own buffer, `readexactly`'s copy): 0.30 ms of CPU
+    per 526 kB image, against 0.05 ms here.
+
+    A PDU longer than `max_length` ends the reading with a `ProtocolViolation`, before any of
+    it is buffered; reading pauses while more than two such PDUs wait to be taken.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_length: int,
+        on_made: "Callable[[PduConnection], None] | None" = None,
+    ) -> None:
+        self._max_length = max_length
+        self._on_made = on_made
+        self._scratch = bytearray(_SCRATCH_BYTES)
+        self._start = 0  # the first byte in scratch not yet parsed
+        self._end = 0  # the end of what was read into scratch
+        self._body: bytearray | None = None  # a large PDU's own buffer, being filled
+        self._body_type = 0
+        self._filled = 0
+        self._pdus: deque[tuple[int, PduBody]] = deque()
+        self._queued_bytes = 0
+        self._reading_paused = False
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._ended: BaseException | None = None  # why no more PDUs will come
+        self._transport: asyncio.Transport | None = None
+
+    # --- asyncio.BufferedProtocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's do not derive from asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._body is not None:
+            return memoryview(self._body)[self._filled :]
+        if self._end == len(self._scratch):
+            self._compact()
+        return memoryview(self._scratch)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._body is not None:
+            self._filled += nbytes
+            if self._filled == len(self._body):
+                self._deliver(self._body_type, self._body)
+                self._body = None
+            return
+        self._end += nbytes
+        self._parse()
+
+    def eof_received(self) -> bool:
+        self._stop(ConnectionResetError("the peer closed the connection"))
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop(exc or ConnectionResetError("connection closed"))
+        self._wake(self._writable)
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._wake(self._writable)
+        self._writable = None
+
+    # --- for the association --------------------------------------------------------------------
+
+    async def read_pdu(self, *, max_length: int) -> tuple[int, PduBody]:
+        """The next PDU's type and body; `ProtocolViolation` if it exceeds `max_length`,
+        a `ConnectionError` (or `ssl.SSLError`) once the peer is gone."""
+        while not self._pdus:
+            if self._ended is not None:
+                raise self._ended
+            self._readable = asyncio.get_running_loop().create_future()
+            try:
+                await self._readable
+            finally:
+                self._readable = None
+        pdu_type, body = self._pdus.popleft()
+        self._queued_bytes -= len(body)
+        if self._reading_paused and self._ended is None and self._queued_bytes <= self._max_length:
+            self._reading_paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+        if len(body) > max_length:
+            raise ProtocolViolation(f"PDU of {len(body)} bytes exceeds our limit of {max_length}")
+        return pdu_type, body
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        """Return once what was written is handed to the kernel, or mostly so."""
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionResetError("connection closed")
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+    def peer(self) -> tuple[str, int]:
+        """The peer's address and port."""
+        address = self._transport.get_extra_info("peername") if self._transport else None
+        return (str(address[0]), int(address[1])) if address else ("", 0)
+
+    # --- parsing --------------------------------------------------------------------------------
+
+    def _parse(self) -> None:
+        """Deliver the PDUs complete in scratch; start a large one's own buffer."""
+        scratch = self._scratch
+        while self._end - self._start >= 6:
+            start = self._start
+            pdu_type, length = scratch[start], struct.unpack_from(">I", scratch, start + 2)[0]
+            if length > self._max_length:
+                self._stop(
+                    ProtocolViolation(
+                        f"PDU of {length} bytes exceeds our limit of {self._max_length}"
+                    )
+                )
+                self._start = self._end = 0
+                self._pause_reading()
+                return
+            present = self._end - start - 6
+            if 6 + length > len(scratch):
+                body = bytearray(length)
+                body[:present] = memoryview(scratch)[start + 6 : self._end]
+                self._start = self._end = 0
+                self._body, self._body_type, self._filled = body, pdu_type, present
+                return
+            if present < length:
+                if start + 6 + length > len(scratch):
+                    self._compact()
+                return
+            self._start = start + 6 + length
+            self._deliver(pdu_type, bytes(memoryview(scratch)[start + 6 : self._start]))
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def _compact(self) -> None:
+        """Move the unparsed bytes to the front of scratch."""
+        unparsed = self._end - self._start
+        self._scratch[:unparsed] = self._scratch[self._start : self._end]
+        self._start, self._end = 0, unparsed
+
+    def _deliver(self, pdu_type: int, body: PduBody) -> None:
+        self._pdus.append((pdu_type, body))
+        self._queued_bytes += len(body)
+        if self._queued_bytes > 2 * self._max_length:
+            self._pause_reading()
+        self._wake(self._readable)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+
+    def _stop(self, reason: BaseException) -> None:
+        """No more PDUs: `read_pdu` raises `reason` once the queued ones are taken."""
+        if self._ended is None:
+            self._ended = reason
+        self._wake(self._readable)
+
+    @staticmethod
+    def _wake(waiter: "asyncio.Future[None] | None") -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def decode_associate_rq(received: PduBody) -> AssociateRequest:
     """Parse an A-ASSOCIATE-RQ body (after the 6-byte PDU header)."""
+    body = bytes(received)  # a few hundred bytes: its items are then bytes too
     if len(body) < 68:
         raise ProtocolViolation("A-ASSOCIATE-RQ shorter than its fixed fields")
     (version,) = struct.unpack_from(">H", body, 0)
@@ -301,7 +483,7 @@ def encode_abort(reason: AbortReason = AbortReason.NOT_SPECIFIED, *, source: int
     return _pdu(PduType.ABORT, struct.pack(">xxBB", source, reason))
 
 
-def decode_pdvs(body: bytes) -> Iterator[Pdv]:
+def decode_pdvs(body: PduBody) -> Iterator[Pdv]:
     """The PDV items of a P-DATA-TF body."""
     view = memoryview(body)
     position = 0

@@ -1,11 +1,12 @@
 """The DICOM receiver: an asyncio acceptor of associations serving C-ECHO and C-STORE.
 
 The upper layer (PS3.8) and the two DIMSE services are implemented here directly, on asyncio
-streams, instead of through pynetdicom's threaded state machine: on our 2-core machines a bare
-pynetdicom SCP that only writes the raw bytes takes 116 CT / 173 small instances/s, below
-Orthanc's 152 / 296, and spends 30-42 % of its CPU in its own polling loops (the team's
-dicom-bench measurements); this acceptor's protocol work is about 0.35 ms of CPU per small
-instance. pynetdicom's SOP class registry still decides which abstract syntaxes are storage.
+(`ingest.pdu.PduConnection` reads and writes the PDUs), instead of through pynetdicom's
+threaded state machine: on our 2-core machines a bare pynetdicom SCP that only writes the raw
+bytes takes 116 CT / 173 small instances/s, below Orthanc's 152 / 296, and spends 30-42 % of
+its CPU in its own polling loops (measured with dicom-bench); this acceptor's protocol work is
+about 0.35 ms of CPU per small instance. pynetdicom's SOP class registry still decides which
+abstract syntaxes are storage.
 Each C-STORE goes through the steps of `Intake.receive` on the event loop (see
 `Receiver.receive`); the association waits for them, so the sender gets 0x0000 only once the
 instance is durable and its event will reach the log (PS3.4 Annex B.2.3 for the statuses).
@@ -59,6 +60,8 @@ from ingest.pdu import (
     AssociateRequest,
     ContextAnswer,
     ContextResult,
+    PduBody,
+    PduConnection,
     PduType,
     Pdv,
     ProposedContext,
@@ -69,7 +72,6 @@ from ingest.pdu import (
     encode_associate_rj,
     encode_p_data,
     encode_release_rp,
-    read_pdu,
 )
 from ingest.settings import IngestSettings
 
@@ -182,18 +184,12 @@ class _Message:
 class Association:
     """One peer's association, from A-ASSOCIATE-RQ to release or abort."""
 
-    def __init__(
-        self,
-        receiver: "Receiver",
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    def __init__(self, receiver: "Receiver", connection: PduConnection) -> None:
         self._receiver = receiver
         self._settings = receiver.settings
-        self._reader = reader
-        self._writer = writer
-        peer = writer.get_extra_info("peername") or ("", 0)
-        self._origin = Origin(intake="dicom", peer_address=str(peer[0]), peer_port=int(peer[1]))
+        self._connection = connection
+        peer = connection.peer()
+        self._origin = Origin(intake="dicom", peer_address=peer[0], peer_port=peer[1])
         self._id = uuid.uuid4().hex
         self._request: AssociateRequest | None = None
         self._syntaxes: dict[int, str] = {}
@@ -209,18 +205,18 @@ class Association:
             self._abort(f"protocol violation: {error}", AbortReason.UNEXPECTED_PDU)
         except TimeoutError:
             self._abort("timed out", AbortReason.NOT_SPECIFIED)
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as error:
+        except OSError as error:  # ConnectionError and ssl.SSLError among them
             self._ended_by_peer(f"connection lost: {error!r}")
         except Exception:
             self._log.exception("association failed")
             self._abort("internal error", AbortReason.NOT_SPECIFIED)
         finally:
-            self._writer.close()
+            self._connection.close()
 
     async def _associate(self) -> bool:
         async with asyncio.timeout(self._settings.acse_timeout_s):
-            pdu_type, body = await read_pdu(
-                self._reader, max_length=max(self._settings.max_pdu, _MIN_ASSOCIATION_PDU)
+            pdu_type, body = await self._connection.read_pdu(
+                max_length=max(self._settings.max_pdu, _MIN_ASSOCIATION_PDU)
             )
         if pdu_type != PduType.ASSOCIATE_RQ:
             raise ProtocolViolation(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
@@ -242,12 +238,12 @@ class Association:
         return True
 
     async def _reject(self, rejection: Rejection) -> None:
-        self._writer.write(
+        self._connection.write(
             encode_associate_rj(
                 result=rejection.result, source=rejection.source, reason=rejection.reason
             )
         )
-        await self._writer.drain()
+        await self._connection.drain()
         metrics.ASSOCIATIONS.labels("rejected").inc()
         self._log.info("association rejected", reason=rejection.why)
         self._report(AssociationRejected, reason=rejection.why)
@@ -259,7 +255,7 @@ class Association:
             for answer in answers
             if answer.result == ContextResult.ACCEPTANCE
         }
-        self._writer.write(
+        self._connection.write(
             encode_associate_ac(
                 request,
                 answers,
@@ -268,7 +264,7 @@ class Association:
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             )
         )
-        await self._writer.drain()
+        await self._connection.drain()
         self._request = request
         self._receiver.opened()
         metrics.ASSOCIATIONS.labels("accepted").inc()
@@ -283,7 +279,7 @@ class Association:
             if message is not None:
                 timeout = self._settings.dimse_timeout_s
             async with asyncio.timeout(timeout):
-                pdu_type, body = await read_pdu(self._reader, max_length=self._settings.max_pdu)
+                pdu_type, body = await self._connection.read_pdu(max_length=self._settings.max_pdu)
             if pdu_type == PduType.P_DATA_TF:
                 message = await self._take_pdvs(message, body)
             elif pdu_type == PduType.RELEASE_RQ:
@@ -295,7 +291,7 @@ class Association:
             else:
                 raise ProtocolViolation(f"unexpected PDU type 0x{pdu_type:02X}")
 
-    async def _take_pdvs(self, message: _Message | None, body: bytes) -> _Message | None:
+    async def _take_pdvs(self, message: _Message | None, body: PduBody) -> _Message | None:
         for pdv in decode_pdvs(body):
             if pdv.context_id not in self._syntaxes:
                 raise ProtocolViolation(f"presentation context {pdv.context_id} not accepted")
@@ -318,7 +314,7 @@ class Association:
         else:
             status, comment = STATUS_UNRECOGNIZED_OPERATION, "only C-STORE and C-ECHO"
         response = encode_response(command, status=status, comment=comment)
-        self._writer.write(
+        self._connection.write(
             encode_p_data(
                 context_id=message.context_id,
                 command=True,
@@ -326,7 +322,7 @@ class Association:
                 max_pdu=self._request.max_pdu if self._request else 0,
             )
         )
-        await self._writer.drain()
+        await self._connection.drain()
 
     async def _store(self, message: _Message, command: Command) -> tuple[int, str]:
         request = self._request
@@ -350,14 +346,14 @@ class Association:
         return STATUS_SUCCESS, ""
 
     async def _release(self) -> None:
-        self._writer.write(encode_release_rp())
-        await self._writer.drain()
+        self._connection.write(encode_release_rp())
+        await self._connection.drain()
         self._closed("released", AssociationReleased)
 
     def _abort(self, why: str, reason: AbortReason) -> None:
         self._log.warning("association aborted", why=why)
-        if not self._writer.is_closing():
-            self._writer.write(encode_abort(reason))
+        if not self._connection.is_closing():
+            self._connection.write(encode_abort(reason))
         self._ended_by_peer(why)
 
     def _ended_by_peer(self, why: str) -> None:
@@ -411,32 +407,31 @@ class Receiver:
             asyncio.get_running_loop().add_reader(handoffs.fileno(), self._take_handoffs)
             handoffs.send(HANDOFF_READY)
             return
+        loop = asyncio.get_running_loop()
         self._servers.append(
-            await asyncio.start_server(
-                self._connected,
-                self.settings.dicom_bind,
-                self.settings.dicom_port,
-                limit=self._buffer_limit,
+            await loop.create_server(
+                self._new_connection, self.settings.dicom_bind, self.settings.dicom_port
             )
         )
         if self.settings.tls_port is not None:
             self._servers.append(
-                await asyncio.start_server(
-                    self._connected,
+                await loop.create_server(
+                    self._new_connection,
                     self.settings.dicom_bind,
                     self.settings.tls_port,
-                    limit=self._buffer_limit,
                     ssl=self._tls,
                     ssl_handshake_timeout=self.settings.acse_timeout_s,
                 )
             )
         log.info("DICOM receiver listening", ae_title=self.settings.ae_title, ports=self.ports)
 
-    @property
-    def _buffer_limit(self) -> int:
-        """Read buffer size at which a connection pauses: above our largest PDU, so that a
-        PDU is read without pausing and resuming the socket (which costs more than the read)."""
-        return max(self.settings.max_pdu, _MIN_ASSOCIATION_PDU) + 6
+    def _new_connection(self, *, on_made: bool = True) -> PduConnection:
+        """A connection that takes PDUs up to our largest; unless `on_made` is false, its
+        association starts once it is made (after the TLS handshake, if any)."""
+        return PduConnection(
+            max_length=max(self.settings.max_pdu, _MIN_ASSOCIATION_PDU),
+            on_made=self._associate if on_made else None,
+        )
 
     @property
     def ports(self) -> list[int]:
@@ -483,14 +478,10 @@ class Receiver:
         self.open_associations -= 1
         metrics.OPEN_ASSOCIATIONS.dec()
 
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _associate(self, connection: PduConnection) -> None:
+        task = asyncio.get_running_loop().create_task(Association(self, connection).run())
         self._tasks.add(task)
-        try:
-            await Association(self, reader, writer).run()
-        finally:
-            self._tasks.discard(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _take_handoffs(self) -> None:
         assert self._handoffs is not None
@@ -513,16 +504,14 @@ class Receiver:
         assert self._handoffs is not None
         loop = asyncio.get_running_loop()
         try:
-            reader = asyncio.StreamReader(limit=self._buffer_limit)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
+            peer = self._new_connection(on_made=False)
+            await loop.connect_accepted_socket(
+                lambda: peer,
                 connection,
                 ssl=self._tls if tls else None,
                 ssl_handshake_timeout=self.settings.acse_timeout_s if tls else None,
             )
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            await Association(self, reader, writer).run()
+            await Association(self, peer).run()
         except OSError as error:  # SSL errors and handshake time-outs included
             connection.close()
             log.info("connection lost before its association", error=repr(error))
