@@ -26,7 +26,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import re
 import secrets
@@ -512,6 +514,8 @@ def _write_new(path: Path, data: bytes) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         unwritten = memoryview(data)
+        if len(unwritten) >= _DIRECT_MIN_BYTES:
+            unwritten = _write_direct(fd, unwritten)
         while unwritten:
             unwritten = unwritten[os.write(fd, unwritten) :]
     except BaseException:
@@ -519,6 +523,41 @@ def _write_new(path: Path, data: bytes) -> int:
         path.unlink(missing_ok=True)
         raise
     return fd
+
+
+_DIRECT_MIN_BYTES: Final = 65_536
+_DIRECT_ALIGNMENT: Final = 4096  # O_DIRECT wants buffer, offset and length in whole blocks
+_DIRECT_CHUNK_BYTES: Final = 1024 * 1024
+_direct_buffers = threading.local()  # each thread's page-aligned buffer of a chunk
+
+
+def _write_direct(fd: int, data: memoryview) -> memoryview:
+    """Write the whole 4 kB blocks at the start of ``data`` with O_DIRECT, past the page
+    cache, and return the rest, to be written as usual. A blob is flushed to disk as soon as
+    it is written, so its pages in the cache buy nothing, and the cache's new pages were the
+    costly part: on our virtual machines, writing a new 526 kB file through the cache took
+    0.2 to 1.5 ms of CPU from one minute to the next, directly 0.17 to 0.19 ms. CT images from
+    4 senders took 1.7 ms of receiver CPU each in every run written directly, 1.7 to 3.0 ms
+    through the cache (660-733 against 425-696 inst/s; 6 interleaved runs). Where the file
+    system or the device refuses O_DIRECT, the rest goes the usual way."""
+    whole = len(data) - len(data) % _DIRECT_ALIGNMENT
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    written = 0
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        buffer = getattr(_direct_buffers, "buffer", None)
+        if buffer is None:
+            buffer = _direct_buffers.buffer = mmap.mmap(-1, _DIRECT_CHUNK_BYTES)
+        while written < whole:
+            chunk = min(whole - written, _DIRECT_CHUNK_BYTES)
+            buffer[:chunk] = data[written : written + chunk]
+            with memoryview(buffer) as aligned:
+                written += os.write(fd, aligned[:chunk])
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    return data[written:]
 
 
 @dataclass(slots=True)

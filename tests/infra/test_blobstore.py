@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import socket
 import threading
@@ -531,6 +534,57 @@ def test_a_write_after_the_cleaner_pruned_its_folder_makes_the_folder_again(
 
     folder_store.stage(second, b"second").commit()
     assert folder_store.get(second) == b"second"
+
+
+def _cached_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache (mincore(2) of a mapping of it)."""
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    resident = (ctypes.c_ubyte * pages)()
+    mincore = ctypes.CDLL(None, use_errno=True).mincore
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    with path.open("rb") as file, mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY) as view:
+        start = ctypes.c_char.from_buffer(view)
+        try:
+            if mincore(ctypes.addressof(start), size, resident) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del start  # the mapping cannot close while exported
+    return sum(page & 1 for page in resident)
+
+
+@pytest.mark.parametrize("size", [65_536, 65_537, 3 * 1024 * 1024 + 4095])
+def test_a_large_blob_is_written_past_the_page_cache(
+    folder_store: FolderBlobStore, size: int
+) -> None:
+    key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(size))
+    data = os.urandom(size)
+
+    folder_store.stage(key, data).commit()
+
+    path = folder_store.root / key.path
+    assert _cached_pages(path) == (1 if size % 4096 else 0)  # at most the partial last block
+    assert folder_store.get(key) == data
+
+
+def test_where_o_direct_is_refused_a_large_blob_goes_through_the_cache(
+    folder_store: FolderBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fcntl = fcntl.fcntl
+
+    def refusing_direct(fd: int, command: int, argument: int = 0) -> int:
+        if command == fcntl.F_SETFL and argument & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "O_DIRECT not supported")
+        return real_fcntl(fd, command, argument)
+
+    monkeypatch.setattr(fcntl, "fcntl", refusing_direct)
+    key = instance_key(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(1))
+    data = os.urandom(200_000)
+
+    folder_store.stage(key, data).commit()
+
+    assert _cached_pages(folder_store.root / key.path) == 49  # every page, as written
+    assert folder_store.get(key) == data
 
 
 def test_a_discarded_new_key_leaves_nothing(folder_store: FolderBlobStore) -> None:
