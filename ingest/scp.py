@@ -459,8 +459,11 @@ class Receiver:
         the thread pool, so that the loop reads the other senders' data during the long
         flush. For small instances the switch cost more CPU than the wait (10 kB instances
         from 4 senders to 2 workers: 280 inst/s with the pool, 389 on the loop); for 526 kB
-        CT images the overlap won (293 on the loop, 341 with the pool; medians of 4
-        interleaved runs)."""
+        CT images the overlap won while their bytes went through the page cache (293 on the
+        loop, 341 with the pool; medians of 4 interleaved runs). Written past it (O_DIRECT,
+        see `infra.blobstore`), they leave a short flush, and the pool no longer changed the
+        rate (4 senders to 4 workers: 689 inst/s, 683 on the loop); it stays for disks slower
+        to flush."""
         acceptance = self.intake.begin(arrival, origin)
         settled = _on_loop(acceptance.settled)
         if self.open_associations > 1 and len(arrival.file) >= _POOLED_BLOB_BYTES:
